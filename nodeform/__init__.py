@@ -5,3 +5,13 @@ The public API is re-exported here; the modules themselves are the place to read
 __version__ = "0.1.0"
 
 from nodeform.backend import DEFAULT_DTYPE, cupy_available, get_xp, to_numpy  # noqa: F401
+
+# ---- autodiff (chapter 1)
+from nodeform.autodiff import (Tensor, no_grad, enable_grad, gradients, grad,  # noqa: F401,E402
+                               value_and_grad, vjp, defprim)
+from nodeform.autodiff.functions import (  # noqa: F401,E402
+    add, sub, mul, div, power, maximum, minimum, where, neg, exp, log, sqrt, sin, cos, tanh,
+    sigmoid, relu, softplus, elu, absolute, abs, sum, mean, max, logsumexp, log_softmax, softmax,
+    square, reshape, transpose, swapaxes, broadcast_to, getitem, pad, concatenate, stack, matmul,
+    einsum, astype)
+from nodeform.gradcheck import gradcheck, GradcheckResult  # noqa: F401,E402

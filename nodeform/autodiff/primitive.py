@@ -1,0 +1,84 @@
+"""Primitives: a forward function on raw arrays and one VJP per argument.
+
+A primitive is the smallest unit the autodiff knows how to differentiate. It is
+registered once with :func:`defprim`, its forward code beside its vector–Jacobian
+products (VJPs), in the table of :mod:`nodeform.autodiff.vjps`::
+
+    defprim("mul", lambda x, y: x * y,
+            lambda g, ans, x, y: unbroadcast(g * y, shape(x)),
+            lambda g, ans, x, y: unbroadcast(g * x, shape(y)))
+
+Rules of the table (the contract every primitive follows):
+
+1. ``forward(*raw_args, **kw)`` sees plain ``xp`` arrays (or Python numbers) and
+   returns one array. It never sees a Tensor.
+2. There is one VJP maker per positional argument, ``None`` for an argument that
+   is never differentiated (an index, a condition). A VJP maker is called as
+   ``vjp(g, ans, *args, **kw)`` with the incoming cotangent ``g`` and the output
+   ``ans`` as Tensors and the arguments as they were given (Tensors or constants),
+   and returns the cotangent for its argument, with that argument's shape.
+3. VJPs are written with Tensor operations, never on raw arrays of ``g``; so
+   ``backward(create_graph=True)`` records them and gradients of gradients work.
+4. A primitive with a variable number of arguments (``concatenate``, ``stack``,
+   ``einsum``) gives ``vjp_i=callable(i, g, ans, *args, **kw)`` instead.
+
+The registry ``PRIMITIVES`` maps names to primitives; the test suite checks that
+each has an entry in :data:`nodeform.testing.CASES`.
+"""
+from __future__ import annotations
+
+PRIMITIVES = {}
+
+
+class Primitive:
+    """One differentiable operation: ``name``, ``forward`` and its VJPs.
+
+    Calling a primitive applies it to Tensors (or constants) and records it on the
+    tape when an input requires a gradient.
+    """
+
+    __slots__ = ("name", "forward", "vjps", "vjp_i")
+
+    def __init__(self, name, forward, vjps=(), vjp_i=None):
+        self.name = name
+        self.forward = forward
+        self.vjps = tuple(vjps)
+        self.vjp_i = vjp_i
+
+    def vjp(self, i, g, ans, args, kw):
+        """The cotangent of argument ``i`` given the output cotangent ``g``."""
+        if self.vjp_i is not None:
+            return self.vjp_i(i, g, ans, *args, **kw)
+        maker = self.vjps[i] if i < len(self.vjps) else None
+        if maker is None:
+            raise TypeError(f"`{self.name}` is not differentiable in its argument {i}; "
+                            "pass a constant (an array, not a Tensor that requires grad) there.")
+        return maker(g, ans, *args, **kw)
+
+    def __call__(self, *args, **kw):
+        from nodeform.autodiff.tensor import apply
+        return apply(self, args, kw)
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+
+def defprim(name, forward, *vjps, vjp_i=None):
+    """Register a primitive called ``name`` and return it.
+
+    Parameters
+    ----------
+    name : str
+        Unique name; it appears in error messages and in the test catalog.
+    forward : callable
+        ``forward(*raw_args, **kw) -> array`` on plain ``xp`` arrays.
+    *vjps : callable or None
+        One VJP maker per positional argument: ``vjp(g, ans, *args, **kw)``.
+    vjp_i : callable, optional
+        For variadic primitives: ``vjp_i(i, g, ans, *args, **kw)``.
+    """
+    if name in PRIMITIVES:
+        raise ValueError(f"a primitive called `{name}` is already registered; pick another name.")
+    prim = Primitive(name, forward, vjps, vjp_i)
+    PRIMITIVES[name] = prim
+    return prim
