@@ -1,0 +1,3 @@
+from nodeform.cli import main
+
+raise SystemExit(main())
