@@ -85,6 +85,8 @@ def _validate(fun, inputs, eps, rtol, atol, mode, order, wrt):
         a = x.data if isinstance(x, Tensor) else x
         if not hasattr(a, "dtype"):
             a = np.asarray(a, dtype=np.float64)
+        elif isinstance(a, np.generic):
+            a = np.asarray(a)
         arrays.append(a)
     wrt = [k for k, a in enumerate(arrays) if a.dtype.kind == "f"] if wrt is None else list(wrt)
     for k in wrt:
