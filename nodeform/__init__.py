@@ -15,3 +15,4 @@ from nodeform.autodiff.functions import (  # noqa: F401,E402
     square, reshape, transpose, swapaxes, broadcast_to, getitem, pad, concatenate, stack, matmul,
     einsum, astype)
 from nodeform.gradcheck import gradcheck, GradcheckResult  # noqa: F401,E402
+from nodeform import nn, optim, data  # noqa: F401,E402  (layers 6 and 8: issue 5)

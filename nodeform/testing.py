@@ -118,6 +118,11 @@ CASES = [
     Case("matmul", lambda x, y: nf.tanh(x @ y), _two((4,), (4, 2)), label="vector"),
     Case("einsum", lambda x, y: nf.einsum("bij,jk->bik", x, y), _two((2, 3, 4), (4, 2))),
     Case("einsum", lambda x, y: nf.einsum("ij,kj->i", x, y) ** 2.0, _two((3, 4), (2, 4)), label="sumout"),
+    # convolution (nodeform/nn/conv.py): x (2, 3, 5, 4), 2x3 kernel, stride (2, 1), pad (1, 0) -> 12 rows of 18
+    Case("im2col", lambda x: nf.nn.im2col(x, ksize=(2, 3), stride=(2, 1), padding=(1, 0)) ** 2.0,
+         _n(2, 3, 5, 4)),
+    Case("col2im", lambda c: nf.nn.col2im(c * c, x_shape=(2, 3, 5, 4), ksize=(2, 3), stride=(2, 1),
+                                          padding=(1, 0)), _n(12, 18)),
 ]
 
 
