@@ -1,0 +1,317 @@
+"""The public entry points, ``odeint`` and ``solve``, and the one dispatch between engines.
+
+``solve`` checks every argument (with errors that name it, say the rule and the fix),
+then :func:`select_engine` picks the compiled Numba loop when the vector field is an
+``@numba.njit`` function and ``y0`` a 1-D float64 NumPy array, and the reference
+``xp`` loop otherwise (NumPy, CuPy, Tensors, any shape). ``NODEFORM_NUMBA=0`` in the
+environment switches the Numba engine off; ``engine=`` forces one.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+
+import numpy as np
+
+from nodeform.backend import get_xp, raw
+from nodeform.ode import errors as _st
+from nodeform.ode import controller as ctl
+from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentError, SolverError,
+                                 StepSizeUnderflowError, max_steps_message, nonfinite_message,
+                                 underflow_message)
+from nodeform.ode.loops import (MAX_STEPS, check_vector_field_output, fixed_grid_counts,
+                                integrate)
+from nodeform.ode.solution import Solution
+from nodeform.ode.tableaus import get_tableau
+
+__all__ = ["odeint", "solve", "select_engine", "DEFAULT_RTOL", "DEFAULT_ATOL"]
+
+#: Default tolerances (torchdiffeq's): tight enough that the solver error is far below a
+#: training loss's noise, loose enough for a few hundred steps on the paper's problems.
+DEFAULT_RTOL = 1e-7
+DEFAULT_ATOL = 1e-9
+#: Below ~100 ulps a relative tolerance cannot be met in float64; SciPy clamps there too.
+MIN_RTOL = 100 * np.finfo(np.float64).eps
+
+_OPTIONS = ("first_step", "max_steps", "step_size", "controller", "max_step", "trace", "throw",
+            "engine")
+_ENGINES = ("auto", "reference", "numba")
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _bad(message):
+    return SolverArgumentError(message)
+
+
+def _check_positive(name, value, allow_zero=False, integer=False):
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _bad(f"`{name}` = {value!r} must be a {'whole' if integer else 'real'} number; "
+                   f"got {type(value).__name__}.")
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and math.isnan(value)):
+        rule = "non-negative" if allow_zero else "positive"
+        raise _bad(f"`{name}` = {value!r} must be {rule}. "
+                   + ("Tolerances set the accepted error per step: e.g. rtol=1e-6, atol=1e-9."
+                      if name in ("rtol", "atol") else f"Pass a {rule} value."))
+
+
+def _check_times(t):
+    t_arr = np.asarray(raw(t) if not type(raw(t)).__module__.startswith("cupy")
+                       else raw(t).get(), dtype=np.float64)
+    if t_arr.ndim != 1 or t_arr.size == 0:
+        raise _bad(f"`t` must be a 1-D sequence of output times (t[0] is the start); got shape "
+                   f"{t_arr.shape}. For one interval pass e.g. t=[0.0, 1.0].")
+    if not np.all(np.isfinite(t_arr)):
+        i = int(np.flatnonzero(~np.isfinite(t_arr))[0])
+        raise _bad(f"`t[{i}]` = {t_arr[i]} is not finite; every output time must be a finite "
+                   "number.")
+    if t_arr.size >= 2:
+        d = np.diff(t_arr)
+        sign = np.sign(d[0])
+        bad = np.flatnonzero(np.sign(d) != sign) if sign != 0 else np.array([0])
+        if bad.size:
+            i = int(bad[0]) + 1
+            a, b = float(t_arr[i - 1]), float(t_arr[i])
+            raise _bad(f"`t` must be strictly monotone (all increasing or all decreasing), but "
+                       f"t[{i - 1}] = {a!r} and t[{i}] = {b!r} break the order. "
+                       "Sort the times (np.sort, or [::-1] for backwards in time) and drop "
+                       "duplicates (np.unique).")
+    return t_arr
+
+
+def _check_y0(y0):
+    if hasattr(y0, "_is_tensor"):
+        r = raw(y0)
+        if r.dtype.kind != "f":
+            raise _bad(f"`y0` has dtype {r.dtype}; the state must be floating point.")
+        return y0
+    xp = get_xp(y0)
+    arr = xp.asarray(y0)
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind != "f":
+        raise _bad(f"`y0` has dtype {arr.dtype}; nodeform integrates real floating-point states "
+                   "(float64 by default, float32 if you pass it). Split a complex state into "
+                   "real and imaginary parts.")
+    if arr.ndim == 0:
+        raise _bad("`y0` is a scalar; pass an array of shape (n,) (e.g. np.array([y0])), so "
+                   "that f receives and returns arrays.")
+    return arr
+
+
+def _is_numba_function(f):
+    return type(f).__module__.startswith("numba") and hasattr(f, "py_func")
+
+
+def select_engine(f, y0, engine="auto"):
+    """``"numba"`` or ``"reference"``: the one place that decides which loop runs.
+
+    Numba runs when ``f`` is an ``@numba.njit`` function, ``y0`` is a 1-D float64 NumPy
+    array, and ``NODEFORM_NUMBA`` is not ``"0"``; ``engine="numba"`` insists (and says why
+    it cannot), ``engine="reference"`` refuses.
+    """
+    if engine not in _ENGINES:
+        raise _bad(f"`engine` = {engine!r} is not one of {_ENGINES}.")
+    if engine == "reference":
+        return "reference"
+    reasons = []
+    if os.environ.get("NODEFORM_NUMBA", "1") == "0":
+        reasons.append("NODEFORM_NUMBA=0 is set")
+    if not _is_numba_function(f):
+        reasons.append("`f` is not an @numba.njit function")
+    if not (isinstance(y0, np.ndarray) and y0.dtype == np.float64 and y0.ndim == 1):
+        reasons.append("`y0` is not a 1-D float64 NumPy array")
+    if not reasons:
+        return "numba"
+    if engine == "numba":
+        raise _bad("`engine`='numba' cannot run: " + "; ".join(reasons) + ". Use "
+                   "engine='auto' to fall back on the reference engine.")
+    return "reference"
+
+
+# ----------------------------------------------------------------------------- engines
+
+def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
+               controller, trace):
+    from nodeform.ode import _numba_rk as nb
+    args = tuple(args)
+    s = tab.n_stages
+    if step_size is not None or not tab.adaptive:
+        counts = np.asarray(fixed_grid_counts(list(t_arr), step_size), dtype=np.int64)
+        if counts.sum() > max_steps:
+            raise MaxStepsError(
+                f"a fixed grid with `step_size` = {step_size} needs {int(counts.sum())} steps, "
+                f"more than `max_steps` = {max_steps}. Try: a larger `step_size`, or raise "
+                "`max_steps`.", t=float(t_arr[0]), step=0)
+        ys, info, bad, tr = nb.solve_fixed(f, args, t_arr, y0, tab.A, tab.b, tab.c, tab.fsal,
+                                           counts)
+    else:
+        alpha, beta = ctl.controller_exponents(controller, tab.err_order)
+        P = tab.P if tab.P is not None else np.zeros((s, 1))
+        ys, info, bad, tr = nb.solve_adaptive(
+            f, args, t_arr, y0, tab.A, tab.b, tab.c, tab.e, P, tab.P is not None, tab.fsal,
+            tab.err_order, float(rtol), float(atol),
+            -1.0 if first_step is None else float(first_step), float(max_step), int(max_steps),
+            alpha, beta, bool(trace))
+    status = int(info[0])
+    stats = {"nfev": int(info[2]), "n_steps": int(info[3]), "n_accepted": int(info[4]),
+             "n_rejected": int(info[5])}
+    trace_d = None
+    if trace and tr.shape[0]:
+        m = stats["n_steps"]
+        trace_d = {"t": tr[:m, 0].copy(), "h": tr[:m, 1].copy(),
+                   "error_ratio": tr[:m, 2].copy(), "accepted": tr[:m, 3] > 0.5}
+    if status == _st.ST_OK:
+        return ys, stats, trace_d
+    t_fail, h_fail, step = float(info[6]), float(info[7]), stats["n_steps"]
+    bad = None if bad < 0 else int(bad)
+    if status == _st.ST_BAD_SHAPE:  # rerun the call in Python to build the precise message
+        check_vector_field_output(f(float(t_arr[0]), y0, *args), y0, float(t_arr[0]))
+        exc = SolverArgumentError("`f` returned an array of the wrong length during the solve; "
+                                  "it must always return shape (n,) like `y`.")
+    elif status == _st.ST_MAX_STEPS:
+        exc = MaxStepsError(max_steps_message(max_steps, t_fail, float(t_arr[-1]), h_fail,
+                                              stats["n_accepted"], stats["n_rejected"]),
+                            t=t_fail, step=step)
+    elif status == _st.ST_UNDERFLOW:
+        exc = StepSizeUnderflowError(underflow_message(t_fail, step, h_fail), t=t_fail, step=step)
+    elif status == _st.ST_NONFINITE_START:
+        what = "derivative f(t0, y0)" if np.all(np.isfinite(y0)) else "initial state y0"
+        exc = NonFiniteError(nonfinite_message(what, t_fail, 0), t=t_fail, step=0)
+    elif status == _st.ST_NONFINITE and tab.adaptive and step_size is None:
+        exc = NonFiniteError(underflow_message(t_fail, step, h_fail, bad), t=t_fail, step=step)
+    else:
+        exc = NonFiniteError(nonfinite_message("state", t_fail, step, bad), t=t_fail, step=step)
+    exc.partial = [ys[i] for i in range(int(info[1]))]
+    exc.stats = stats
+    raise exc
+
+
+def _stack(ys, xp):
+    if ys and hasattr(ys[0], "_is_tensor"):
+        return list(ys)
+    return xp.stack(ys)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=(), **options):
+    """Solve ``dy/dt = f(t, y, *args)``, ``y(t[0]) = y0``, and report how it went.
+
+    Parameters
+    ----------
+    f : callable ``f(t, y, *args) -> dy/dt``
+        Returns an array shaped and typed like ``y``. An ``@numba.njit`` function runs
+        the whole solve compiled (1-D float64 ``y0``).
+    y0 : array_like or Tensor, shape (*state)
+        Any shape: a batch is just more axes (one step size for the whole batch).
+    t : array_like, shape (n_out,)
+        Output times, strictly increasing or strictly decreasing (backwards in time);
+        ``t[0]`` is the start. Outputs cost no extra evaluations (dense output).
+    method : str or ButcherTableau
+        ``"dopri5"`` (default), ``"tsit5"``, ``"bosh3"`` (adaptive) or ``"euler"``,
+        ``"midpoint"``, ``"rk4"`` (fixed grid).
+    rtol, atol : float
+        Tolerances of the scaled RMS error ``err / (atol + rtol |y|)`` per step.
+    args : tuple
+        Extra arguments passed to ``f``.
+    **options
+        ``step_size`` (fixed grid; for an adaptive pair it switches to fixed steps),
+        ``first_step``, ``max_steps`` (default 10,000 attempted steps), ``max_step``,
+        ``controller`` (``"pi"`` default, or ``"i"``), ``trace`` (record every step),
+        ``throw`` (default True; False returns a failed ``Solution`` instead of raising),
+        ``engine`` (``"auto"``, ``"reference"``, ``"numba"``).
+
+    Returns
+    -------
+    Solution
+
+    Raises
+    ------
+    SolverArgumentError
+        A bad argument (also a ``ValueError``), or ``f`` returned a wrong shape/dtype.
+    NonFiniteError, StepSizeUnderflowError, MaxStepsError
+        The integration failed (with ``throw=True``); the message says where and what to try.
+    """
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise _bad(f"unknown option(s) {unknown}; the options are {list(_OPTIONS)}.")
+    if not callable(f):
+        raise _bad(f"`f` must be callable as f(t, y, *args); got {type(f).__name__}.")
+    try:
+        tab = get_tableau(method)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    _check_positive("rtol", rtol)
+    _check_positive("atol", atol, allow_zero=True)
+    if rtol < MIN_RTOL:
+        warnings.warn(f"`rtol` = {rtol} is below {MIN_RTOL:.1e}, which float64 cannot meet; "
+                      f"using {MIN_RTOL:.1e}.", stacklevel=2)
+        rtol = MIN_RTOL
+    step_size = options.get("step_size")
+    first_step = options.get("first_step")
+    max_steps = options.get("max_steps", MAX_STEPS)
+    max_step = options.get("max_step", math.inf)
+    controller = options.get("controller", "pi")
+    trace = bool(options.get("trace", False))
+    throw = bool(options.get("throw", True))
+    if step_size is not None:
+        _check_positive("step_size", step_size)
+    if first_step is not None:
+        _check_positive("first_step", first_step)
+    _check_positive("max_steps", max_steps, integer=True)
+    _check_positive("max_step", max_step)
+    if controller not in ctl.CONTROLLERS:
+        raise _bad(f"`controller` = {controller!r} is not one of {ctl.CONTROLLERS}; 'pi' "
+                   "(default) remembers the last error, 'i' is SciPy's classic controller.")
+    if not isinstance(args, tuple):
+        raise _bad(f"`args` must be a tuple of extra arguments for f; got "
+                   f"{type(args).__name__}. Wrap a single one as (value,).")
+    t_arr = _check_times(t)
+    y0 = _check_y0(y0)
+    engine = select_engine(f, y0, options.get("engine", "auto"))
+    xp = get_xp(y0)
+    try:
+        if engine == "numba":
+            ys, stats, tr = _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size,
+                                       first_step, max_steps, max_step, controller, trace)
+        else:
+            fa = f if not args else (lambda tt, yy: f(tt, yy, *args))
+            ys, stats, tr = integrate(fa, t_arr.tolist(), y0, tab, rtol=rtol, atol=atol,
+                                      step_size=step_size, first_step=first_step,
+                                      max_steps=max_steps, max_step=max_step,
+                                      controller=controller, trace=trace)
+            ys = _stack(ys, xp)
+            if tr is not None:
+                tr = {"t": np.asarray(tr["t"]), "h": np.asarray(tr["h"]),
+                      "error_ratio": np.asarray(tr["error_ratio"]),
+                      "accepted": np.asarray(tr["accepted"], dtype=bool)}
+    except SolverError as exc:
+        if throw or isinstance(exc, SolverArgumentError):
+            raise
+        partial = exc.partial or [y0]
+        if hasattr(partial[0], "_is_tensor"):
+            ys = list(partial)
+        else:
+            pr = [xp.asarray(p) for p in partial]
+            ys = xp.full((len(t_arr),) + tuple(pr[0].shape), xp.nan, dtype=pr[0].dtype)
+            for i, p in enumerate(pr):
+                ys[i] = p
+        return Solution(ts=t_arr, ys=ys, stats=exc.stats or {}, status=exc.status, message=str(exc),
+                        method=tab.name, engine=engine)
+    return Solution(ts=t_arr, ys=ys, stats=stats, trace=tr, method=tab.name, engine=engine)
+
+
+def odeint(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=(), **options):
+    """The states at the times ``t``: ``solve(...).ys``, shape ``(len(t), *y0.shape)``.
+
+    Same arguments as :func:`solve`; raises on failure (``throw`` is always True).
+    """
+    if "throw" in options:
+        raise _bad("`odeint` always raises on failure; use `solve(..., throw=False)` to get a "
+                   "Solution with a status instead.")
+    return solve(f, y0, t, method=method, rtol=rtol, atol=atol, args=args, **options).ys

@@ -1,0 +1,313 @@
+"""The reference integration loops: fixed grid and adaptive, in ``xp`` code.
+
+This is the engine the adjoint (backprop through the solver, the continuous adjoint)
+drives. Its contract:
+
+1. ``f(t, y)`` is called with a Python float ``t`` and a state shaped like ``y0``
+   (any shape: batches are just more axes; one step size is shared by the batch).
+2. ``y`` and the stages are combined only with ``+`` and ``*`` by Python floats
+   (see :mod:`nodeform.ode.rk`), stages are kept in Python lists, so ``y0`` may be a
+   NumPy array, a CuPy array or a nodeform Tensor; the outputs are of the same kind.
+3. Error norms, finiteness checks and step-size decisions use plain arrays
+   (``nodeform.backend.raw``) and Python floats; they are not differentiated.
+4. ``t_out`` may decrease (integration backwards in time); ``t`` and ``h`` are
+   Python floats (float64) whatever the state's dtype.
+5. Failures raise a :class:`~nodeform.ode.errors.SolverError` whose ``partial``
+   holds the outputs reached so far.
+
+Entry points: :func:`integrate` (picks fixed or adaptive from the tableau),
+:func:`integrate_fixed`, :func:`integrate_adaptive`. Each returns
+``(ys, stats, trace)``: ``ys`` a list of ``len(t_out)`` states (``ys[0]`` is
+``y0``), ``stats`` a dict (``nfev``, ``n_steps``, ``n_accepted``, ``n_rejected``),
+``trace`` a dict of lists (``t, h, error_ratio, accepted``) or None.
+
+Taught in chapters/ch02_ode_solvers.py.
+"""
+from __future__ import annotations
+
+import math
+
+from nodeform.backend import get_xp, raw
+from nodeform.ode import controller as ctl
+from nodeform.ode.errors import (MaxStepsError, NonFiniteError, StepSizeUnderflowError,
+                                 VectorFieldError, max_steps_message, nonfinite_message,
+                                 underflow_message)
+from nodeform.ode.rk import dense_eval, rk_step
+
+__all__ = ["MAX_STEPS", "integrate", "integrate_fixed", "integrate_adaptive",
+           "check_vector_field_output", "new_stats", "fixed_grid_counts"]
+
+#: Default bound on attempted steps. A healthy solve of the paper's models takes tens to
+#: hundreds of steps; 10,000 stops a solve that has gone stiff or diverged in seconds
+#: instead of hanging (torchdiffeq's default is effectively infinite, diffrax's is 4096).
+MAX_STEPS = 10_000
+#: A step must move t by at least this many float64 ulps of t (SciPy uses 10 as well):
+#: below it, t + h == t up to round-off and the loop would spin.
+UNDERFLOW_ULPS = 10
+#: float64 machine epsilon: ``EPS * |t|`` is within a factor 2 of one ulp of t.
+EPS = 2.220446049250313e-16
+
+
+def new_stats():
+    """Fresh counters: evaluations, attempted / accepted / rejected steps."""
+    return {"nfev": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0}
+
+
+def check_vector_field_output(out, y, t):
+    """Raise :class:`VectorFieldError` unless ``f(t, y)`` is shaped and typed like ``y``."""
+    r, yr = raw(out), raw(y)
+    if not (hasattr(r, "shape") and hasattr(r, "dtype")):
+        raise VectorFieldError(
+            f"`f(t, y)` returned a {type(out).__name__}, not an array; return an array shaped "
+            f"like `y` {tuple(yr.shape)}, e.g. `np.array([...])` or `np.stack(...)`.", t=t, step=0)
+    if tuple(r.shape) != tuple(yr.shape):
+        raise VectorFieldError(
+            f"`f(t, y)` returned shape {tuple(r.shape)} but `y` has shape {tuple(yr.shape)}; f "
+            "must return dy/dt with exactly the shape of y (check for a missing or extra batch "
+            "axis, or an accidental broadcast).", t=t, step=0)
+    if r.dtype != yr.dtype:
+        raise VectorFieldError(
+            f"`f(t, y)` returned dtype {r.dtype} but `y` has dtype {yr.dtype}; return the same "
+            "floating dtype as y (e.g. `.astype(y.dtype)`), or pass `y0` in the dtype you "
+            "want to integrate in.", t=t, step=0)
+
+
+def _first_nonfinite_stage(K):
+    for i, k in enumerate(K):
+        xp = get_xp(k)
+        if not bool(xp.isfinite(raw(k)).all()):
+            return i
+    return None
+
+
+def _all_finite(x):
+    xp = get_xp(x)
+    return bool(xp.isfinite(raw(x)).all())
+
+
+def _fail(exc, ys, stats=None):
+    exc.partial = ys
+    exc.stats = stats
+    return exc
+
+
+def fixed_grid_counts(t_out, step_size):
+    """Steps per output interval: 1 each without ``step_size``, else ``ceil(|dt| / step_size)``.
+
+    The grid always contains the output times, so fixed-step outputs need no interpolation.
+    """
+    counts = []
+    for k in range(1, len(t_out)):
+        span = abs(t_out[k] - t_out[k - 1])
+        # the 1e-12 slack keeps an interval of exactly n steps from becoming n + 1 by round-off
+        counts.append(1 if step_size is None else max(1, math.ceil(span / step_size - 1e-12)))
+    return counts
+
+
+# ============================================================================= fixed grid
+
+def integrate_fixed(f, t_out, y0, tab, step_size=None, max_steps=MAX_STEPS):
+    """Integrate on a fixed grid that contains every output time.
+
+    Parameters
+    ----------
+    f : callable ``f(t, y)``
+    t_out : sequence of float, shape (n_out,)
+        Strictly monotone output times; ``t_out[0]`` is the start.
+    y0 : array or Tensor, any shape
+    tab : ButcherTableau
+        Any method; an embedded pair uses its propagated weights ``b``.
+    step_size : float, optional
+        Largest step; each output interval is split into equal steps no longer than it.
+        Default: one step per output interval.
+    max_steps : int
+        Refuse (before starting) a grid with more steps than this.
+
+    Returns
+    -------
+    ys : list of n_out states
+    stats : dict
+    trace : None
+    """
+    t_out = [float(t) for t in t_out]
+    stats = new_stats()
+    ys = [y0]
+    if len(t_out) == 1:
+        return ys, stats, None
+    counts = fixed_grid_counts(t_out, step_size)
+    if sum(counts) > max_steps:
+        raise _fail(MaxStepsError(
+            f"a fixed grid with `step_size` = {step_size} needs {sum(counts)} steps, more than "
+            f"`max_steps` = {max_steps}. Try: a larger `step_size`, or raise `max_steps`.",
+            t=t_out[0], step=0), ys, stats)
+    y = y0
+    f0 = f(t_out[0], y)
+    stats["nfev"] += 1
+    check_vector_field_output(f0, y0, t_out[0])
+    if not _all_finite(f0):
+        raise _fail(NonFiniteError(nonfinite_message(
+            "derivative f(t0, y0)" if _all_finite(y0) else "initial state y0", t_out[0], 0),
+            t=t_out[0], step=0), ys, stats)
+    for k in range(1, len(t_out)):
+        ta, n = t_out[k - 1], counts[k - 1]
+        h = (t_out[k] - ta) / n
+        for i in range(n):
+            t = ta + i * h
+            if i == n - 1:
+                h_i = t_out[k] - t  # land exactly on the output time
+            else:
+                h_i = h
+            y_new, K, _ = rk_step(f, t, y, f0, h_i, tab)
+            stats["nfev"] += tab.n_stages - 1
+            stats["n_steps"] += 1
+            stats["n_accepted"] += 1
+            if not _all_finite(y_new):
+                stage = _first_nonfinite_stage(K)
+                raise _fail(NonFiniteError(nonfinite_message("state", t, stats["n_steps"], stage),
+                                           t=t, step=stats["n_steps"]), ys, stats)
+            y = y_new
+            if tab.fsal:
+                f0 = K[-1]
+            elif not (k == len(t_out) - 1 and i == n - 1):  # no derivative after the end
+                f0 = f(t + h_i, y)
+                stats["nfev"] += 1
+        ys.append(y)
+    return ys, stats, None
+
+
+# ============================================================================= adaptive
+
+def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps=MAX_STEPS,
+                       max_step=math.inf, controller="pi", trace=False):
+    """Integrate with error control; outputs come from dense output, at no extra cost.
+
+    Parameters
+    ----------
+    f : callable ``f(t, y)``
+    t_out : sequence of float, shape (n_out,)
+        Strictly monotone output times (increasing or decreasing); ``t_out[0]`` is the start.
+    y0 : array or Tensor, any shape
+    tab : ButcherTableau
+        An embedded pair (``tab.adaptive``).
+    rtol, atol : float
+        Relative and absolute tolerance of the scaled RMS error norm.
+    first_step : float, optional
+        Size of the first step; default: Hairer's heuristic (one extra evaluation).
+    max_steps : int
+        Most attempted steps (accepted + rejected) before :class:`MaxStepsError`.
+    max_step : float
+        Largest step size allowed.
+    controller : {"pi", "i"}
+    trace : bool
+        Record every attempted step.
+
+    Returns
+    -------
+    ys : list of n_out states
+    stats : dict
+    trace : dict of lists or None
+        ``t`` (start of the step), ``h`` (signed), ``error_ratio``, ``accepted``.
+    """
+    t_out = [float(t) for t in t_out]
+    stats = new_stats()
+    tr = {"t": [], "h": [], "error_ratio": [], "accepted": []} if trace else None
+    ys = [y0]
+    n_out = len(t_out)
+    if n_out == 1:
+        return ys, stats, tr
+    t0, t_end = t_out[0], t_out[-1]
+    direction = 1.0 if t_end > t0 else -1.0
+    alpha, beta = ctl.controller_exponents(controller, tab.err_order)
+    t, y = t0, y0
+    f0 = f(t, y)
+    stats["nfev"] += 1
+    check_vector_field_output(f0, y0, t)
+    if not _all_finite(f0):
+        raise _fail(NonFiniteError(nonfinite_message(
+            "derivative f(t0, y0)" if _all_finite(y0) else "initial state y0", t, 0),
+            t=t, step=0), ys, stats)
+    if first_step is None:
+        h_abs = ctl.select_initial_step(f, t, y, f0, direction, tab.err_order, rtol, atol,
+                                        abs(t_end - t0))
+        stats["nfev"] += 1
+    else:
+        h_abs = float(first_step)
+    h_abs = min(h_abs, max_step)
+    ratio_prev = 1.0
+    after_reject = False
+    bad_stage = None  # first non-finite stage of the latest rejected try
+    k = 1  # next output to produce
+    while k < n_out:
+        if stats["n_steps"] >= max_steps:
+            raise _fail(MaxStepsError(max_steps_message(
+                max_steps, t, t_end, h_abs * direction, stats["n_accepted"], stats["n_rejected"]),
+                t=t, step=stats["n_steps"]), ys, stats)
+        min_step = UNDERFLOW_ULPS * EPS * abs(t)
+        if h_abs < min_step:
+            exc = NonFiniteError if bad_stage is not None else StepSizeUnderflowError
+            raise _fail(exc(underflow_message(t, stats["n_steps"], h_abs * direction, bad_stage),
+                            t=t, step=stats["n_steps"]), ys, stats)
+        # without dense output the steps must land on every output time
+        t_stop = t_end if tab.P is not None else t_out[k]
+        t_new = t + direction * h_abs
+        if direction * (t_new - t_stop) > 0:
+            t_new = t_stop
+        h = t_new - t
+        y_new, K, err = rk_step(f, t, y, f0, h, tab)
+        stats["nfev"] += tab.n_stages - 1
+        stats["n_steps"] += 1
+        ratio = ctl.error_ratio(raw(err), raw(y), raw(y_new), rtol, atol)
+        finite = math.isfinite(ratio)
+        accepted = finite and ratio <= 1.0
+        if tr is not None:
+            tr["t"].append(t)
+            tr["h"].append(h)
+            tr["error_ratio"].append(ratio)
+            tr["accepted"].append(accepted)
+        if not finite:
+            # a too-large step can overflow an explicit method: shrink hard and retry
+            bad_stage = _first_nonfinite_stage(K)
+            stats["n_rejected"] += 1
+            h_abs = abs(h) * ctl.MIN_FACTOR
+            after_reject = True
+            continue
+        if not accepted:
+            stats["n_rejected"] += 1
+            h_abs = abs(h) * ctl.step_factor(ratio, ratio_prev, alpha, beta, after_reject)
+            after_reject = True
+            bad_stage = None
+            continue
+        # ---- accepted: emit every output time inside (t, t_new], then move on
+        while k < n_out and direction * (t_out[k] - t_new) <= 0:
+            if t_out[k] == t_new:
+                ys.append(y_new)
+            else:
+                ys.append(dense_eval(y, K, tab, (t_out[k] - t) / h, h))
+            k += 1
+        factor = ctl.step_factor(ratio, ratio_prev, alpha, beta, after_reject)
+        stats["n_accepted"] += 1
+        ratio_prev = max(ratio, ctl.ERR_FLOOR)
+        after_reject = False
+        bad_stage = None
+        t, y = t_new, y_new
+        if k < n_out:
+            if tab.fsal:
+                f0 = K[-1]
+            else:
+                f0 = f(t, y)
+                stats["nfev"] += 1
+        h_abs = min(abs(h) * factor, max_step)
+    return ys, stats, tr
+
+
+def integrate(f, t_out, y0, tab, rtol=1e-7, atol=1e-9, step_size=None, first_step=None,
+              max_steps=MAX_STEPS, max_step=math.inf, controller="pi", trace=False):
+    """Fixed grid for methods without an error estimate or when ``step_size`` is given,
+    adaptive otherwise. Arguments and return value as in :func:`integrate_fixed` and
+    :func:`integrate_adaptive` (no argument validation here: see ``nodeform.solve``).
+    """
+    if step_size is not None or not tab.adaptive:
+        return integrate_fixed(f, t_out, y0, tab, step_size=step_size, max_steps=max_steps)
+    return integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=first_step,
+                              max_steps=max_steps, max_step=max_step, controller=controller,
+                              trace=trace)
