@@ -1,0 +1,93 @@
+"""The Numba twin against the reference engine: same numbers, same failures.
+
+One njit vector field serves every test here, so the suite compiles the loops once
+(about 2-3 s): f(t, y) = A y + p y*y covers linear systems (p = 0) and a finite-time
+blow-up (A = 0, p = 1).
+"""
+import numpy as np
+import pytest
+from numba import njit
+
+import nodeform
+from nodeform import MaxStepsError, NonFiniteError, SolverArgumentError, StepSizeUnderflowError
+from ode_problems import M, Y0, linear_exact
+
+
+@njit(cache=True)
+def quad_linear(t, y, A, p):
+    out = np.empty_like(y)
+    for i in range(y.shape[0]):
+        acc = p * y[i] * y[i]
+        for j in range(y.shape[0]):
+            acc += A[i, j] * y[j]
+        out[i] = acc
+    return out
+
+
+LIN = (M, 0.0)
+BLOW = (np.zeros((1, 1)), 1.0)
+
+
+def both(y0, t, args, **kw):
+    a = nodeform.solve(quad_linear, y0, t, args=args, **kw)
+    b = nodeform.solve(quad_linear, y0, t, args=args, engine="reference", **kw)
+    assert a.engine == "numba" and b.engine == "reference"
+    return a, b
+
+
+@pytest.mark.parametrize("method,controller", [("dopri5", "pi"), ("dopri5", "i"),
+                                               ("tsit5", "pi"), ("bosh3", "pi")])
+def test_numba_matches_reference_adaptive(method, controller):
+    ts = np.linspace(0.0, 10.0, 37)
+    a, b = both(Y0, ts, LIN, method=method, controller=controller, rtol=1e-7, atol=1e-9,
+                trace=True)
+    assert a.stats == b.stats
+    np.testing.assert_allclose(a.ys, b.ys, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(a.trace["h"], b.trace["h"], rtol=1e-12)
+    np.testing.assert_array_equal(a.trace["accepted"], b.trace["accepted"])
+    assert np.abs(a.ys[-1] - linear_exact(10.0)).max() < 1e-6
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "dopri5"])
+def test_numba_matches_reference_fixed_step(method):
+    a, b = both(Y0, [0.0, 0.3, 2.0], LIN, method=method, step_size=0.05)
+    assert a.stats == b.stats
+    np.testing.assert_allclose(a.ys, b.ys, rtol=1e-13, atol=1e-15)
+
+
+def test_numba_backward_in_time():
+    a, b = both(linear_exact(2.0), [2.0, 1.0, 0.0], LIN, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a.ys, b.ys, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(a.ys[-1], Y0, atol=1e-8)
+
+
+def test_numba_failures_match_reference():
+    for kw, exc in [({"max_steps": 7}, MaxStepsError), ({}, StepSizeUnderflowError)]:
+        args = LIN if "max_steps" in kw else BLOW
+        y0 = Y0 if "max_steps" in kw else np.array([1.0])
+        msgs = []
+        for engine in ("numba", "reference"):
+            with pytest.raises(exc) as info:
+                nodeform.odeint(quad_linear, y0, [0.0, 10.0], args=args, engine=engine,
+                                rtol=1e-8, atol=1e-10, **kw)
+            msgs.append(str(info.value))
+        assert msgs[0] == msgs[1]
+
+
+def test_numba_nonfinite_start_and_fixed_step_blowup():
+    with pytest.raises(NonFiniteError, match="initial state y0"):
+        nodeform.odeint(quad_linear, np.array([np.nan, 1.0]), [0.0, 1.0], args=LIN)
+    with pytest.raises(NonFiniteError, match=r"in the state in stage \d at t = "):
+        nodeform.odeint(quad_linear, np.array([1.0]), [0.0, 2.0], args=BLOW, method="rk4",
+                        step_size=0.1)
+
+
+def test_numba_switch_off_and_forced_engine(monkeypatch):
+    monkeypatch.setenv("NODEFORM_NUMBA", "0")
+    sol = nodeform.solve(quad_linear, Y0, [0.0, 1.0], args=LIN)
+    assert sol.engine == "reference"
+    with pytest.raises(SolverArgumentError, match="NODEFORM_NUMBA=0 is set"):
+        nodeform.solve(quad_linear, Y0, [0.0, 1.0], args=LIN, engine="numba")
+    monkeypatch.delenv("NODEFORM_NUMBA")
+    with pytest.raises(SolverArgumentError, match="not a 1-D float64 NumPy array"):
+        nodeform.solve(quad_linear, np.ones((2, 2)), [0.0, 1.0], args=LIN, engine="numba")
