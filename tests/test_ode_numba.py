@@ -4,6 +4,8 @@ One njit vector field serves every test here, so the suite compiles the loops on
 (about 2-3 s): f(t, y) = A y + p y*y covers linear systems (p = 0) and a finite-time
 blow-up (A = 0, p = 1).
 """
+import os
+
 import numpy as np
 import pytest
 from numba import njit
@@ -29,7 +31,7 @@ BLOW = (np.zeros((1, 1)), 1.0)
 
 
 def both(y0, t, args, **kw):
-    a = nodeform.solve(quad_linear, y0, t, args=args, **kw)
+    a = nodeform.solve(quad_linear, y0, t, args=args, engine="numba", **kw)
     b = nodeform.solve(quad_linear, y0, t, args=args, engine="reference", **kw)
     assert a.engine == "numba" and b.engine == "reference"
     return a, b
@@ -82,10 +84,17 @@ def test_numba_nonfinite_start_and_fixed_step_blowup():
                         step_size=0.1)
 
 
+def test_numba_engine_is_the_default_for_njit_fields():
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+        pytest.skip("NUMBA_DISABLE_JIT=1: njit functions are plain Python")
+    assert nodeform.solve(quad_linear, Y0, [0.0, 1.0], args=LIN).engine == "numba"
+
+
 def test_numba_switch_off_and_forced_engine(monkeypatch):
     monkeypatch.setenv("NODEFORM_NUMBA", "0")
     sol = nodeform.solve(quad_linear, Y0, [0.0, 1.0], args=LIN)
     assert sol.engine == "reference"
+    monkeypatch.setenv("NUMBA_DISABLE_JIT", "0")
     with pytest.raises(SolverArgumentError, match="NODEFORM_NUMBA=0 is set"):
         nodeform.solve(quad_linear, Y0, [0.0, 1.0], args=LIN, engine="numba")
     monkeypatch.delenv("NODEFORM_NUMBA")

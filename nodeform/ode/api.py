@@ -121,7 +121,10 @@ def select_engine(f, y0, engine="auto"):
     reasons = []
     if os.environ.get("NODEFORM_NUMBA", "1") == "0":
         reasons.append("NODEFORM_NUMBA=0 is set")
-    if not _is_numba_function(f):
+    # under NUMBA_DISABLE_JIT=1 njit functions are plain Python: engine="numba" then runs
+    # the twin's code as Python, which is how one debugs it
+    jit_off = engine == "numba" and os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+    if not (_is_numba_function(f) or jit_off):
         reasons.append("`f` is not an @numba.njit function")
     if not (isinstance(y0, np.ndarray) and y0.dtype == np.float64 and y0.ndim == 1):
         reasons.append("`y0` is not a 1-D float64 NumPy array")
