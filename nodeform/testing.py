@@ -123,6 +123,12 @@ CASES = [
          _n(2, 3, 5, 4)),
     Case("col2im", lambda c: nf.nn.col2im(c * c, x_shape=(2, 3, 5, 4), ksize=(2, 3), stride=(2, 1),
                                           padding=(1, 0)), _n(12, 18)),
+    # a whole solve as one primitive whose VJP is the continuous adjoint (nodeform/adjoint);
+    # a fixed RK4 grid keeps the finite differences smooth (no step-size switching)
+    Case("odeint", lambda y0, W: nf.odeint(lambda t, y: nf.tanh(y @ W), y0, [0.0, 0.3, 0.7],
+                                           params=[W], method="rk4", step_size=0.01),
+         lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((3, 3)) * 0.5],
+         second_order=False),
 ]
 
 
