@@ -15,10 +15,14 @@ from nodeform.autodiff.functions import (  # noqa: F401,E402
     square, reshape, transpose, swapaxes, broadcast_to, getitem, pad, concatenate, stack, matmul,
     einsum, astype)
 from nodeform.gradcheck import gradcheck, GradcheckResult  # noqa: F401,E402
-from nodeform import nn, optim, data  # noqa: F401,E402  (layers 6 and 8: issue 5)
 
 # ---- ODE integrators (nodeform/ode, issue 3)
 from nodeform.ode import (BOSH3, DOPRI5, EULER, MIDPOINT, RK4, TSIT5,  # noqa: F401,E402
                           ButcherTableau, MaxStepsError, NonFiniteError, Solution,
                           SolverArgumentError, SolverError, StepSizeUnderflowError,
                           VectorFieldError, odeint, solve)
+from nodeform import nn, optim, data  # noqa: F401,E402  (layers 6 and 8: issue 5)
+
+# ---- gradients through a solve (nodeform/adjoint, issue 4): odeint on Tensors
+from nodeform.adjoint import SolveStats, mlp_field, NumbaField  # noqa: F401,E402
+from nodeform.adjoint import odeint  # noqa: F401,E402,F811  (array solves pass through to ode)
