@@ -37,9 +37,14 @@ MAX_FACTOR = 10.0
 ERR_FLOOR = 1e-4
 UNDERFLOW_ULPS = 10.0
 EPS = 2.220446049250313e-16  # float64 machine epsilon
+#: Up to this many state components the weighted sums keep one scalar accumulator per
+#: component (fastest for small systems); above it they run as contiguous axpy loops over
+#: the state, which vectorize (about 2x faster for a 2,000-component batch). Both orders
+#: add the same terms in the same order, so the results are identical.
+SMALL_N = 16
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _all_finite(x):
     for i in range(x.shape[0]):
         if not np.isfinite(x[i]):
@@ -47,7 +52,7 @@ def _all_finite(x):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _eval(f, t, y, args, K, i):
     """K[i] = f(t, y, *args); False when f returned the wrong length."""
     out = f(t, y, *args)
@@ -58,36 +63,67 @@ def _eval(f, t, y, args, K, i):
     return True
 
 
-@njit(cache=True)
-def _stages(f, args, t, y, h, A, c, K, y_stage):
+@njit(cache=True, inline="always")
+def _weighted(K, w, upto, acc):
+    """acc = sum_{j < upto, w_j != 0} K_j w_j, accumulated left to right (as rk.weighted_sum).
+
+    j runs outside and m inside, so the inner loop is a contiguous, vectorizable axpy;
+    returns False when every weight is zero (acc untouched).
+    """
+    n = K.shape[1]
+    if n <= SMALL_N:  # few components: scalar accumulator per component, no stores per j
+        any_w = False
+        for m in range(n):
+            am = 0.0
+            for j in range(upto):
+                a = w[j]
+                if a != 0.0:
+                    am += K[j, m] * a
+                    any_w = True
+            acc[m] = am
+        return any_w
+    first = True
+    for j in range(upto):
+        a = w[j]
+        if a != 0.0:
+            if first:
+                for m in range(n):
+                    acc[m] = K[j, m] * a
+                first = False
+            else:
+                for m in range(n):
+                    acc[m] += K[j, m] * a
+    return not first
+
+
+@njit(cache=True, inline="always")
+def _stages(f, args, t, y, h, A, c, K, y_stage, acc):
     """Stages 1..s-1 into K (K[0] must hold f(t, y)); y_stage ends as the last stage's state."""
     s, n = K.shape
     for i in range(1, s):
-        for m in range(n):
-            acc = 0.0
-            for j in range(i):
-                a = A[i, j]
-                if a != 0.0:
-                    acc += K[j, m] * a
-            y_stage[m] = y[m] + acc * h
+        if _weighted(K, A[i], i, acc):
+            for m in range(n):
+                y_stage[m] = y[m] + acc[m] * h
+        else:
+            for m in range(n):
+                y_stage[m] = y[m]
         if not _eval(f, t + c[i] * h, y_stage, args, K, i):
             return False
     return True
 
 
-@njit(cache=True)
-def _combine(y, K, w, h, out):
-    """out = y + (sum_j K_j w_j) h over nonzero w (y may be None-like: pass zeros)."""
-    s, n = K.shape
-    for m in range(n):
-        acc = 0.0
-        for j in range(s):
-            if w[j] != 0.0:
-                acc += K[j, m] * w[j]
-        out[m] = y[m] + acc * h
+@njit(cache=True, inline="always")
+def _combine(y, K, w, h, out, acc):
+    """out = y + (sum_j K_j w_j) h over the nonzero weights w."""
+    if _weighted(K, w, K.shape[0], acc):
+        for m in range(out.shape[0]):
+            out[m] = y[m] + acc[m] * h
+    else:
+        for m in range(out.shape[0]):
+            out[m] = y[m]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _step_factor(ratio, ratio_prev, alpha, beta, after_reject):
     if ratio == 0.0:
         factor = MAX_FACTOR
@@ -194,6 +230,7 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
     K = np.empty((s, n))
     y = y0.copy()
     y_new = np.empty(n)
+    wsum = np.empty(n)
     scratch = np.empty(n)
     t0 = t_out[0]
     t_end = t_out[n_out - 1]
@@ -244,21 +281,18 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
         if direction * (t_new - t_stop) > 0:
             t_new = t_stop
         h = t_new - t
-        if not _stages(f, args, t, y, h, A, c, K, y_new):
+        if not _stages(f, args, t, y, h, A, c, K, y_new, wsum):
             status = ST_BAD_SHAPE
             break
         nfev += s - 1
         n_steps += 1
         if not fsal:
-            _combine(y, K, b, h, y_new)
+            _combine(y, K, b, h, y_new, wsum)
+        _weighted(K, e, s, wsum)
         acc2 = 0.0
         for m in range(n):
-            acc = 0.0
-            for j in range(s):
-                if e[j] != 0.0:
-                    acc += K[j, m] * e[j]
             sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))
-            acc2 += (acc * h / sc) ** 2
+            acc2 += (wsum[m] * h / sc) ** 2
         ratio = math.sqrt(acc2 / n) if n > 0 else 0.0
         finite = np.isfinite(ratio)
         accepted = finite and ratio <= 1.0
@@ -347,6 +381,7 @@ def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
     K = np.empty((s, n))
     y = y0.copy()
     y_new = np.empty(n)
+    wsum = np.empty(n)
     nfev = 0
     n_steps = 0
     t = t_out[0]
@@ -366,13 +401,13 @@ def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
         for i in range(nk):
             t = ta + i * hk
             h = t_out[k] - t if i == nk - 1 else hk
-            if not _stages(f, args, t, y, h, A, c, K, y_new):
+            if not _stages(f, args, t, y, h, A, c, K, y_new, wsum):
                 info[0] = ST_BAD_SHAPE
                 return ys, info, -1, tr
             nfev += s - 1
             n_steps += 1
             if not fsal:
-                _combine(y, K, b, h, y_new)
+                _combine(y, K, b, h, y_new, wsum)
             if not _all_finite(y_new):
                 info[0] = ST_NONFINITE
                 info[1] = k

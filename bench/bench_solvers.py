@@ -1,0 +1,243 @@
+"""Benchmark: nodeform's ODE solvers against SciPy (and torchdiffeq / diffrax if installed).
+
+Run::
+
+    python bench/bench_solvers.py            # full repeats (about a minute)
+    python bench/bench_solvers.py --quick    # fewer repeats and a 1,000-oscillator batch
+
+Prints, for each workload, wall time per solve (median of repeats, compile excluded),
+function evaluations, max error at the end time against a tight SciPy DOP853 reference,
+and the speed ratio against SciPy's ``solve_ivp`` RK45 measured in the same run. The
+first call of each Numba solve (compile, or load from the on-disk cache) is reported
+separately. All solves use rtol 1e-6, atol 1e-9, Dormand–Prince 5(4), float64.
+
+Workloads (the issue's): Van der Pol mu = 1, y0 = (2, 0), t in [0, 20]; Lorenz (10, 28,
+8/3), y0 = (1, 1, 1), t in [0, 2]; 10,000 Van der Pol oscillators with mu in [0.5, 2],
+t in [0, 10], as one stacked system (one shared step size).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from numba import njit
+from scipy.integrate import solve_ivp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _minimal_dopri5 import minimal_dopri5  # noqa: E402
+
+import nodeform  # noqa: E402
+
+RTOL, ATOL = 1e-6, 1e-9
+
+
+# ----------------------------------------------------------------------------- problems
+
+@njit(cache=True)
+def vdp_nb(t, y, mu):
+    return np.array([y[1], mu * (1.0 - y[0] * y[0]) * y[1] - y[0]])
+
+
+def vdp_py(t, y, mu):
+    return np.array([y[1], mu * (1.0 - y[0] * y[0]) * y[1] - y[0]])
+
+
+@njit(cache=True)
+def lorenz_nb(t, y, s, r, b):
+    return np.array([s * (y[1] - y[0]), y[0] * (r - y[2]) - y[1], y[0] * y[1] - b * y[2]])
+
+
+def lorenz_py(t, y, s, r, b):
+    return np.array([s * (y[1] - y[0]), y[0] * (r - y[2]) - y[1], y[0] * y[1] - b * y[2]])
+
+
+@njit(cache=True)
+def vdp_batch_nb(t, y, mu):
+    n = mu.shape[0]
+    out = np.empty_like(y)
+    for i in range(n):
+        x, v = y[i], y[n + i]
+        out[i] = v
+        out[n + i] = mu[i] * (1.0 - x * x) * v - x
+    return out
+
+
+def vdp_batch_py(t, y, mu):
+    n = mu.shape[0]
+    x, v = y[:n], y[n:]
+    return np.concatenate([v, mu * (1.0 - x * x) * v - x])
+
+
+def workloads(n_batch):
+    mu = np.linspace(0.5, 2.0, n_batch)
+    yb = np.concatenate([np.full(n_batch, 2.0), np.zeros(n_batch)])
+    return [
+        ("Van der Pol mu=1, t in [0,20]", vdp_nb, vdp_py, np.array([2.0, 0.0]), 20.0, (1.0,)),
+        ("Lorenz, t in [0,2]", lorenz_nb, lorenz_py, np.array([1.0, 1.0, 1.0]), 2.0,
+         (10.0, 28.0, 8.0 / 3.0)),
+        (f"{n_batch:,} Van der Pol (mu in [0.5,2]) stacked, t in [0,10]", vdp_batch_nb,
+         vdp_batch_py, yb, 10.0, (mu,)),
+    ]
+
+
+# ----------------------------------------------------------------------------- timing
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def repeats_for(seconds_per_call, budget):
+    return int(max(3, min(500, budget / max(seconds_per_call, 1e-7))))
+
+
+def run_workload(label, f_nb, f_py, y0, t1, args, budget):
+    ref = solve_ivp(f_py, (0.0, t1), y0, method="DOP853", rtol=1e-13, atol=1e-13,
+                    args=args).y[:, -1]
+    rows = []
+
+    def measure(name, fn, result):
+        first = time.perf_counter()
+        out = fn()
+        first = time.perf_counter() - first
+        reps = repeats_for(first, budget)
+        t = median_time(fn, reps)
+        y_end, nfev = result(out)
+        rows.append({"solver": name, "time": t, "nfev": nfev,
+                     "error": float(np.abs(y_end - ref).max()), "first": first, "reps": reps})
+
+    measure("SciPy solve_ivp RK45",
+            lambda: solve_ivp(f_py, (0.0, t1), y0, rtol=RTOL, atol=ATOL, args=args),
+            lambda s: (s.y[:, -1], s.nfev))
+    measure("nodeform reference engine (Python f)",
+            lambda: nodeform.solve(f_py, y0, [0.0, t1], rtol=RTOL, atol=ATOL, args=args,
+                                   controller="i"),
+            lambda s: (s.ys[-1], s.stats["nfev"]))
+    for ctrl in ("i", "pi"):
+        measure(f"nodeform Numba dopri5 ({ctrl.upper()} controller)",
+                lambda c=ctrl: nodeform.solve(f_nb, y0, [0.0, t1], rtol=RTOL, atol=ATOL,
+                                              args=args, controller=c),
+                lambda s: (s.ys[-1], s.stats["nfev"]))
+    measure("minimal hand-written njit dopri5",
+            lambda: minimal_dopri5(f_nb, 0.0, t1, y0, args, RTOL, ATOL, 1e-3),
+            lambda r: r)
+    rows += peer_rows(f_py, y0, t1, args, ref, budget)
+    scipy_t = rows[0]["time"]
+    for r in rows:
+        r["ratio"] = scipy_t / r["time"]
+    return label, rows
+
+
+def peer_rows(f_py, y0, t1, args, ref, budget):
+    """torchdiffeq and diffrax, measured only when importable (the `bench` extra)."""
+    rows = []
+    try:
+        import torch
+        import torchdiffeq
+    except ImportError:
+        return rows
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    targs = tuple(torch.as_tensor(a, dtype=torch.float64) for a in args)
+
+    def f_torch(t, y):
+        return _torch_field(f_py, y, targs)
+
+    y0t = torch.as_tensor(y0, dtype=torch.float64)
+    ts = torch.tensor([0.0, t1], dtype=torch.float64)
+    counter = [0]
+
+    def counted(t, y):
+        counter[0] += 1
+        return f_torch(t, y)
+
+    def run():
+        counter[0] = 0
+        with torch.no_grad():
+            return torchdiffeq.odeint(counted, y0t, ts, rtol=RTOL, atol=ATOL, method="dopri5")
+
+    first = time.perf_counter()
+    out = run()
+    first = time.perf_counter() - first
+    reps = repeats_for(first, budget)
+    t = median_time(run, reps)
+    rows.append({"solver": f"torchdiffeq {torchdiffeq.__version__} dopri5", "time": t,
+                 "nfev": counter[0], "error": float(np.abs(out[-1].numpy() - ref).max()),
+                 "first": first, "reps": reps})
+    return rows
+
+
+def _torch_field(f_py, y, targs):
+    import torch
+    name = f_py.__name__
+    if name == "vdp_py":
+        mu = targs[0]
+        return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
+    if name == "lorenz_py":
+        s, r, b = targs
+        return torch.stack([s * (y[1] - y[0]), y[0] * (r - y[2]) - y[1], y[0] * y[1] - b * y[2]])
+    mu = targs[0]
+    n = mu.shape[0]
+    x, v = y[:n], y[n:]
+    return torch.cat([v, mu * (1 - x * x) * v - x])
+
+
+# ----------------------------------------------------------------------------- report
+
+def format_table(label, rows):
+    lines = [f"### {label}", "",
+             "| solver | time / solve | evaluations | max error at t_end | speed vs SciPy RK45 |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        t = r["time"]
+        ts = f"{t * 1e6:.1f} µs" if t < 1e-3 else f"{t * 1e3:.2f} ms"
+        lines.append(f"| {r['solver']} | {ts} | {r['nfev']} | {r['error']:.1e} | "
+                     f"{r['ratio']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Run the benchmark and print the Markdown tables; returns the list of results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 1,000 oscillators")
+    parser.add_argument("--batch", type=int, default=None, help="oscillators in the batch")
+    opts = parser.parse_args(argv)
+    n_batch = opts.batch or (1000 if opts.quick else 10_000)
+    budget = 0.3 if opts.quick else 2.0  # seconds of repeats per row
+
+    # compile (or load from cache) once, timed apart from the solves
+    compile_times = {}
+    y2 = np.array([2.0, 0.0])
+    t0 = time.perf_counter()
+    nodeform.solve(vdp_nb, y2, [0.0, 1.0], rtol=RTOL, atol=ATOL, args=(1.0,))
+    compile_times["nodeform Numba engine, first solve (Van der Pol)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    minimal_dopri5(vdp_nb, 0.0, 1.0, y2, (1.0,), RTOL, ATOL, 1e-3)
+    compile_times["minimal njit dopri5, first solve"] = time.perf_counter() - t0
+
+    import numba
+    import scipy
+    print(f"# nodeform solver benchmark (rtol {RTOL:g}, atol {ATOL:g}, float64)\n")
+    print(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
+          f"Numba {numba.__version__}, {os.cpu_count()} CPU cores. Times are medians of repeated "
+          "solves, compile excluded; errors are against SciPy DOP853 at rtol = atol = 1e-13.\n")
+    results = []
+    for wl in workloads(n_batch):
+        label, rows = run_workload(*wl, budget=budget)
+        results.append((label, rows))
+        print(format_table(label, rows))
+        print()
+    print("### Numba compile time (first call in this process; cache=True on disk)\n")
+    for k, v in compile_times.items():
+        print(f"- {k}: {v:.2f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
