@@ -14,3 +14,5 @@ from nodeform.nn.norm import GroupNorm  # noqa: F401
 from nodeform.nn.rnn import RNNCell  # noqa: F401
 from nodeform.nn.losses import (cross_entropy, accuracy, mse_loss, gaussian_nll,  # noqa: F401
                                 kl_diag_gaussians)
+from nodeform.nn.serialize import (save_arrays, load_arrays, save_module, load_module,  # noqa: F401
+                                   CheckpointError)
