@@ -24,6 +24,7 @@ and tested against the autodiff of :meth:`NumbaField.reference`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,10 +36,53 @@ ACTIVATIONS = {"tanh": 0, "softplus": 1, "elu": 2}
 _ARCH_HEAD = 4
 
 
+# exp(y) = 2^k exp(r), y = k ln2 + r, |r| <= ln2 / 2; ln2 split in two so k * LN2_HI is exact
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238
+_LN2_LO = 1.9082149292705877e-10
+# below this, exp(-2|x|) underflows and tanh(x) = +-1 to the last bit
+_TANH_CLAMP = -700.0
+
+
+@njit(cache=True)
+def _tanh(a):
+    """tanh of a C-contiguous array, written so LLVM vectorizes it.
+
+    Numba calls the scalar libm ``tanh`` element by element (about 10 ns each, while
+    NumPy's SIMD tanh takes about 1 ns); this tanh is ``-expm1(-2|x|) / (2 + expm1(-2|x|))``
+    with ``expm1`` by range reduction and a degree-13 Taylor polynomial on
+    ``|r| <= ln2 / 2`` (truncation below 1e-17), in branch-free passes over the array.
+    Agrees with ``np.tanh`` to a few ulps, also for tiny ``x``.
+    """
+    x = a.ravel()
+    n = x.size
+    q = np.empty(n)
+    kbits = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        y = -2.0 * abs(x[i])
+        y = max(y, _TANH_CLAMP)
+        kf = math.floor(y * _LOG2E + 0.5)
+        r = (y - kf * _LN2_HI) - kf * _LN2_LO
+        q[i] = r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
+            1 / 720 + r * (1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (
+                1 / 3628800 + r * (1 / 39916800 + r * (1 / 479001600 + r / 6227020800))))))))))))
+        kbits[i] = np.int64(kf) << 52
+    e = q + 1.0                        # exp(r), then times 2^k by adding k to the exponent bits
+    bits = e.view(np.int64)
+    for i in range(n):
+        bits[i] += kbits[i]
+    out = np.empty(n)
+    for i in range(n):
+        em1 = q[i] if kbits[i] == 0 else e[i] - 1.0      # expm1(-2|x|), accurate near 0
+        t = -em1 / (2.0 + em1)
+        out[i] = t if x[i] >= 0 else -t
+    return out.reshape(a.shape)
+
+
 @njit(cache=True)
 def _act(x, kind):
     if kind == 0:
-        return np.tanh(x)
+        return _tanh(x)
     if kind == 1:
         return np.logaddexp(0.0, x)
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
