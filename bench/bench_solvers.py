@@ -32,6 +32,7 @@ from _minimal_dopri5 import minimal_dopri5  # noqa: E402
 import nodeform  # noqa: E402
 
 RTOL, ATOL = 1e-6, 1e-9
+PEER_NOTES = set()  # why a peer is missing from the tables
 
 
 # ----------------------------------------------------------------------------- problems
@@ -141,7 +142,8 @@ def peer_rows(f_py, y0, t1, args, ref, budget):
     try:
         import torch
         import torchdiffeq
-    except ImportError:
+    except Exception as exc:  # not installed, or a broken install: the table says so
+        PEER_NOTES.add(f"torchdiffeq not measured ({type(exc).__name__}: {str(exc)[:80]})")
         return rows
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     targs = tuple(torch.as_tensor(a, dtype=torch.float64) for a in args)
@@ -233,6 +235,8 @@ def main(argv=None):
         results.append((label, rows))
         print(format_table(label, rows))
         print()
+    for note in sorted(PEER_NOTES):
+        print(f"Note: {note}. diffrax not measured (JAX is not a dependency here).\n")
     print("### Numba compile time (first call in this process; cache=True on disk)\n")
     for k, v in compile_times.items():
         print(f"- {k}: {v:.2f} s")
