@@ -27,6 +27,7 @@ from numba import njit
 __all__ = ["solve_adaptive", "solve_fixed", "ST_OK", "ST_MAX_STEPS", "ST_UNDERFLOW",
            "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
 
+from nodeform.ode._fnptr import field_function
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
 
@@ -216,6 +217,7 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
     tr : ndarray, shape (n_trace, 4)
         t, h, error ratio, accepted (1.0/0.0) per attempted step.
     """
+    f = field_function(f, args)
     n_out = t_out.shape[0]
     n = y0.shape[0]
     s = A.shape[0]
@@ -367,6 +369,7 @@ def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
     ``counts[k]`` is the number of equal steps between ``t_out[k]`` and ``t_out[k+1]``.
     Returns ``ys, info, bad_stage, tr`` as :func:`solve_adaptive` (``tr`` empty).
     """
+    f = field_function(f, args)
     n_out = t_out.shape[0]
     n = y0.shape[0]
     s = A.shape[0]

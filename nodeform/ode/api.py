@@ -141,8 +141,11 @@ def select_engine(f, y0, engine="auto"):
 def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
                controller, trace):
     from nodeform.ode import _numba_rk as nb
+    from nodeform.ode._fnptr import field_handle
     args = tuple(args)
     s = tab.n_stages
+    fh = field_handle(f, args) if hasattr(f, "get_compile_result") else None
+    f_loop = f if fh is None else fh
     if step_size is not None or not tab.adaptive:
         counts = np.asarray(fixed_grid_counts(list(t_arr), step_size), dtype=np.int64)
         if counts.sum() > max_steps:
@@ -150,13 +153,13 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
                 f"a fixed grid with `step_size` = {step_size} needs {int(counts.sum())} steps, "
                 f"more than `max_steps` = {max_steps}. Try: a larger `step_size`, or raise "
                 "`max_steps`.", t=float(t_arr[0]), step=0)
-        ys, info, bad, tr = nb.solve_fixed(f, args, t_arr, y0, tab.A, tab.b, tab.c, tab.fsal,
+        ys, info, bad, tr = nb.solve_fixed(f_loop, args, t_arr, y0, tab.A, tab.b, tab.c, tab.fsal,
                                            counts)
     else:
         alpha, beta = ctl.controller_exponents(controller, tab.err_order)
         P = tab.P if tab.P is not None else np.zeros((s, 1))
         ys, info, bad, tr = nb.solve_adaptive(
-            f, args, t_arr, y0, tab.A, tab.b, tab.c, tab.e, P, tab.P is not None, tab.fsal,
+            f_loop, args, t_arr, y0, tab.A, tab.b, tab.c, tab.e, P, tab.P is not None, tab.fsal,
             tab.err_order, float(rtol), float(atol),
             -1.0 if first_step is None else float(first_step), float(max_step), int(max_steps),
             alpha, beta, bool(trace))

@@ -1,0 +1,167 @@
+"""Vector fields as function pointers, so that the compiled loops cache across processes.
+
+Why: a compiled loop that receives an ``@numba.njit`` function ``f`` as an argument is
+specialized on the *dispatcher type* of ``f``, and Numba's on-disk cache cannot match
+that type in a new process (it keys on the dispatcher object), so every process
+recompiles the loop (seconds) and the cache index grows an entry per process.
+
+The fix: hand the loop a *handle* instead of ``f``, a pair of integers
+``(c_addr, jit_addr)``, the addresses of ``f``'s compiled code for one exact signature.
+Inside the loop, :func:`field_function` rebuilds a first-class function
+(``numba.types.FunctionType``) from the handle, its signature derived from the types
+of ``args`` (so it needs no type object as an argument). The loop is then specialized
+on ``UniTuple(int64, 2)`` plus the types of ``args`` and the arrays: the same key in
+every process, so ``cache=True`` loads it from disk.
+
+:func:`field_handle` builds the handle once per (``f``, types of ``args``) and keeps it
+in a dictionary, so a repeated solve pays one dictionary lookup. It returns ``None``
+(the caller then passes ``f`` itself: the dispatcher path, recompiled per process) when
+``f`` cannot be compiled to the exact signature the loop calls, e.g. when it returns a
+non-contiguous, non-float64 or non-1-D array, or when an argument has no Numba type.
+
+The calls go through a pointer (``f`` is not inlined into the loop); Numba's native
+calling convention is used, so an exception raised inside ``f`` still propagates.
+"""
+from __future__ import annotations
+
+import numba
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+__all__ = ["field_handle", "field_function", "function_handle", "build_function", "args_key",
+           "FIELD_RETURN", "STATE", "HANDLE"]
+
+#: The state type every vector field receives: a 1-D C-contiguous float64 array.
+STATE = types.float64[::1]
+#: The return type a vector field must have for the pointer path (else: dispatcher path).
+FIELD_RETURN = types.float64[::1]
+#: The Numba type of a handle: (address of the C wrapper, address of the native function).
+HANDLE = types.UniTuple(types.int64, 2)
+
+# (f, numba types of args) -> handle, or None when f cannot be called through a pointer
+_HANDLES = {}
+
+
+def function_handle(f, sig):
+    """``(c_addr, jit_addr)`` of the njit function ``f`` compiled for ``sig``, or None.
+
+    Parameters
+    ----------
+    f : numba dispatcher
+    sig : numba Signature
+        The exact signature the caller will call through (return type included).
+
+    Returns
+    -------
+    tuple of int or None
+        None when ``f`` does not compile for ``sig.args`` or infers another return type
+        than ``sig.return_type`` (calling it through the pointer would be undefined).
+    """
+    try:
+        cres = f.get_compile_result(sig)
+    except Exception:  # noqa: BLE001 - any typing failure means: use the dispatcher path
+        return None
+    if cres.signature.return_type != sig.return_type:
+        return None
+    lib = cres.library
+    c_addr = lib.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
+    jit_addr = lib.get_pointer_to_function(cres.fndesc.llvm_func_name)
+    if not c_addr or not jit_addr:
+        return None
+    return (int(c_addr), int(jit_addr))
+
+
+def field_handle(f, args):
+    """The handle of a vector field ``f(t, y, *args) -> float64[::1]``, memoized; or None.
+
+    Parameters
+    ----------
+    f : numba dispatcher
+    args : tuple
+        The extra arguments, as they will be passed to the loop.
+
+    Returns
+    -------
+    tuple of int or None
+        None: ``f`` cannot be called through a pointer with this signature (see the
+        module docstring); pass ``f`` itself to the loop instead.
+    """
+    try:
+        key = (f, args_key(args))
+        return _HANDLES[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable argument type
+        return None
+    try:
+        arg_types = tuple(numba.typeof(a) for a in args)
+    except Exception:  # noqa: BLE001 - no Numba type: the dispatcher path says why
+        handle = None
+    else:
+        handle = function_handle(f, FIELD_RETURN(types.float64, STATE, *arg_types))
+    _HANDLES[key] = handle
+    return handle
+
+
+def args_key(args):
+    """A cheap hashable key that determines ``numba.typeof(args)``.
+
+    Scalars by Python type, arrays by dtype, dimensions, layout and writability; any
+    other object by its Numba type (slower, still correct).
+    """
+    key = []
+    for a in args:
+        tp = type(a)
+        if tp is float or tp is int or tp is bool:
+            key.append(tp)
+        elif hasattr(a, "__array_interface__") and hasattr(a, "flags"):
+            fl = a.flags
+            key.append((tp, a.dtype.str, a.ndim, fl.c_contiguous, fl.f_contiguous, fl.writeable,
+                        fl.aligned))
+        elif tp is tuple:
+            key.append(("tuple", args_key(a)))
+        else:
+            key.append(numba.typeof(a))
+    return tuple(key)
+
+
+def build_function(context, builder, fnty, c_addr, jit_addr):
+    """Lowering helper: the FunctionType value ``fnty`` that calls the given addresses."""
+    vp = context.get_value_type(types.voidptr)
+    fn = cgutils.create_struct_proxy(fnty)(context, builder)
+    fn.c_addr = builder.inttoptr(c_addr, vp)
+    fn.py_addr = cgutils.get_null_value(vp)
+    fn.jit_addr = builder.inttoptr(jit_addr, vp)
+    return fn._getvalue()
+
+
+@intrinsic
+def _field_from_handle(typingctx, handle, args):
+    """FunctionType ``float64[::1](float64, float64[::1], *args)`` from a handle."""
+    fnty = types.FunctionType(FIELD_RETURN(types.float64, STATE, *args.types))
+
+    def codegen(context, builder, signature, llargs):
+        c_addr = builder.extract_value(llargs[0], 0)
+        jit_addr = builder.extract_value(llargs[0], 1)
+        return build_function(context, builder, fnty, c_addr, jit_addr)
+    return fnty(handle, args), codegen
+
+
+def field_function(f, args):
+    """Inside compiled code: the callable vector field, from a handle or ``f`` itself.
+
+    In Python (``NUMBA_DISABLE_JIT=1``) it returns ``f`` unchanged.
+    """
+    return f
+
+
+def _is_handle(f):
+    return isinstance(f, types.UniTuple) and f.count == 2 and isinstance(f.dtype, types.Integer)
+
+
+@overload(field_function, jit_options={"cache": True})
+def _field_function_impl(f, args):
+    if _is_handle(f):
+        return lambda f, args: _field_from_handle(f, args)
+    return lambda f, args: f
