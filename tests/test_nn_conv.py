@@ -4,6 +4,7 @@ import pytest
 
 import nodeform as nf
 from nodeform import nn
+from tests.conftest import BACKENDS
 
 
 def direct_conv(x, w, b, stride, padding):
@@ -147,3 +148,36 @@ def test_small_cnn_end_to_end_gradcheck(rng):
 
     res = nf.gradcheck(f, theta, mode="dot", rtol=1e-4)
     assert res.ok, res.text
+
+
+# ------------------------------------------------------------------ CuPy parity (skipped without a GPU)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cnn_step_backend_parity(rng, backend):
+    """A conv + GroupNorm + linear net, its loss, gradients and an Adam step agree across backends."""
+    from nodeform import optim
+    from nodeform.backend import get_backend, to_numpy
+    xp = get_backend(backend)
+
+    def run(xp_):
+        nn.init.manual_seed(3)
+        net = nn.Sequential(nn.ConcatConv2d(2, 4, 3, stride=2, padding=1), nn.GroupNorm(2, 4),
+                            nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9, 3))
+        if xp_ is not np:
+            net.to(backend="cupy")
+        x = xp_.asarray(np.random.default_rng(0).standard_normal((5, 2, 6, 6)))
+        y = xp_.asarray(np.array([0, 1, 2, 1, 0]))
+        t = 0.3
+        net_fwd = lambda x: net[4](net[3](net[2](net[1](net[0](t, x)))))  # noqa: E731
+        opt = optim.Adam(net.parameters(), lr=0.01)
+        loss = nn.cross_entropy(net_fwd(x), y)
+        loss.backward()
+        grads = [to_numpy(p.grad.data) for p in net.parameters()]
+        opt.step()
+        return float(loss.item()), grads, to_numpy(nn.parameters_to_vector(net.parameters()))
+
+    l0, g0, th0 = run(np)
+    l1, g1, th1 = run(xp)
+    assert np.isclose(l0, l1, rtol=1e-10)
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(th1, th0, rtol=1e-10, atol=1e-12)

@@ -199,7 +199,7 @@ def test_small_cnn_learns_mnist_subset_fast():
 
 @pytest.mark.slow
 def test_small_cnn_learns_mnist_subset():
-    # 10 epochs (630 steps) with lr 0.05 then 0.005 for the last 2 epochs: measured MEASURED test accuracy.
+    # 10 epochs (630 steps) with lr 0.05 then 0.005 for the last 2 epochs: measured 0.956 test accuracy.
     nn.init.manual_seed(0)
     acc = _mnist_run(_small_cnn(), steps=630, lr=optim.PiecewiseConstant([504], [0.05, 0.005]))
     assert acc > 0.95, acc
