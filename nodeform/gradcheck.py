@@ -208,6 +208,16 @@ def gradcheck(fun, *inputs, eps=DEFAULT_EPS, rtol=1e-5, atol=1e-8, mode="auto",
     True
     """
     arrays, wrt = _validate(fun, inputs, eps, rtol, atol, mode, order, wrt)
+    with no_grad():
+        out0 = fun(*[Tensor(a) for a in arrays])
+    if isinstance(out0, Tensor) and not bool(out0.xp.isfinite(out0.data).all()):
+        bad = np.argwhere(~np.isfinite(to_numpy(out0.data)))[0]
+        return GradcheckResult(False, float("inf"), (
+            f"gradcheck FAILED for `{getattr(fun, '__name__', 'fun')}`: it returns non-finite "
+            f"values at these inputs (first at output index {tuple(int(i) for i in bad)}), so "
+            "neither gradient can be checked there. Check at inputs where the function is "
+            "finite, or look for an overflow (exp of a large number) or a log/sqrt of a "
+            "negative."), {}, [])
     rng = np.random.default_rng(seed)
     checks = _check_first_order(fun, arrays, wrt, eps, rtol, atol, mode, n_directions, rng)
     if order == 2:
