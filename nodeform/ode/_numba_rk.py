@@ -125,11 +125,12 @@ def _combine(y, K, w, h, out, acc):
 
 
 @njit(cache=True, inline="always")
-def _step_factor(ratio, ratio_prev, alpha, beta, after_reject):
+def _step_factor(ratio, prev_pow, alpha, after_reject):
+    """controller.step_factor with ``prev_pow = ratio_prev ** beta`` precomputed."""
     if ratio == 0.0:
         factor = MAX_FACTOR
     else:
-        factor = SAFETY * ratio ** (-alpha) * ratio_prev ** beta
+        factor = SAFETY * ratio ** (-alpha) * prev_pow
     if ratio > 1.0:
         return min(1.0, max(MIN_FACTOR, factor))
     factor = min(MAX_FACTOR, max(MIN_FACTOR, factor))
@@ -262,7 +263,7 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
     else:
         h_abs = first_step
     h_abs = min(h_abs, max_step)
-    ratio_prev = 1.0
+    prev_pow = 1.0  # ratio_prev ** beta with ratio_prev = 1 before the first step
     after_reject = False
     bad_stage = -1
     k = 1
@@ -311,7 +312,7 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
             continue
         if not accepted:
             n_rej += 1
-            h_abs = abs(h) * _step_factor(ratio, ratio_prev, alpha, beta, after_reject)
+            h_abs = abs(h) * _step_factor(ratio, prev_pow, alpha, after_reject)
             after_reject = True
             bad_stage = -1
             continue
@@ -333,9 +334,10 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
                             acc += K[i, m] * w
                     ys[k, m] = y[m] + acc * h
             k += 1
-        factor = _step_factor(ratio, ratio_prev, alpha, beta, after_reject)
+        factor = _step_factor(ratio, prev_pow, alpha, after_reject)
         n_acc += 1
-        ratio_prev = max(ratio, ERR_FLOOR)
+        # the PI memory ratio_prev ** beta, computed once per accepted step (I: beta = 0)
+        prev_pow = max(ratio, ERR_FLOOR) ** beta if beta != 0.0 else 1.0
         after_reject = False
         bad_stage = -1
         t = t_new

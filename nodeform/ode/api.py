@@ -37,6 +37,7 @@ MIN_RTOL = 100 * np.finfo(np.float64).eps
 
 _OPTIONS = ("first_step", "max_steps", "step_size", "controller", "max_step", "trace", "throw",
             "engine")
+_OPTIONS_SET = frozenset(_OPTIONS)
 _ENGINES = ("auto", "reference", "numba")
 
 
@@ -59,7 +60,39 @@ def _check_positive(name, value, allow_zero=False, integer=False):
                       if name in ("rtol", "atol") else f"Pass a {rule} value."))
 
 
+#: Up to this many output times the checks run as a plain Python loop (cheaper than
+#: NumPy's per-call overhead for the usual ``[t0, t1]``); longer ones are vectorized.
+_FEW_TIMES = 16
+
+
 def _check_times(t):
+    """``t`` as a 1-D float64 array, checked finite and strictly monotone."""
+    tp = type(t)
+    if tp is list or tp is tuple or (tp is np.ndarray and t.dtype == np.float64):
+        if 2 <= len(t) <= _FEW_TIMES:
+            try:
+                t_arr = np.array(t, dtype=np.float64) if tp is not np.ndarray else t
+            except (TypeError, ValueError):  # e.g. Tensors inside: the full check converts
+                t_arr = None
+            if t_arr is not None and t_arr.ndim == 1 and _few_times_ok(t_arr.tolist()):
+                return t_arr
+    return _check_times_full(t)
+
+
+def _few_times_ok(ts):
+    """True when the floats ``ts`` are finite and strictly monotone (no message)."""
+    a = ts[0]
+    if not math.isfinite(a):
+        return False
+    up = ts[1] > a
+    for b in ts[1:]:
+        if not math.isfinite(b) or (b > a) != up or b == a:
+            return False
+        a = b
+    return True
+
+
+def _check_times_full(t):
     t_arr = np.asarray(raw(t) if not type(raw(t)).__module__.startswith("cupy")
                        else raw(t).get(), dtype=np.float64)
     if t_arr.ndim != 1 or t_arr.size == 0:
@@ -84,6 +117,8 @@ def _check_times(t):
 
 
 def _check_y0(y0):
+    if type(y0) is np.ndarray and y0.dtype == np.float64 and y0.ndim:  # the common case
+        return y0
     if hasattr(y0, "_is_tensor"):
         r = raw(y0)
         if r.dtype.kind != "f":
@@ -138,14 +173,43 @@ def select_engine(f, y0, engine="auto"):
 
 # ----------------------------------------------------------------------------- engines
 
+# (tableau, controller) -> what the compiled loop needs from them (see _numba_plan)
+_PLANS = {}
+
+
+def _numba_plan(tab, controller):
+    """The loop's tableau arrays and controller exponents, derived once per (tab, controller).
+
+    Returns
+    -------
+    tuple
+        ``(A, b, c, e, P, has_dense, fsal, err_order, alpha, beta)``, arrays C-contiguous
+        float64 (``P`` a dummy ``(s, 1)`` zero array without dense output; ``e``, ``alpha``,
+        ``beta`` None for a fixed-step method).
+    """
+    key = (tab, controller)
+    plan = _PLANS.get(key)
+    if plan is None:
+        s = tab.n_stages
+        f64 = (lambda a: np.ascontiguousarray(a, dtype=np.float64))
+        alpha, beta = (ctl.controller_exponents(controller, tab.err_order) if tab.adaptive
+                       else (None, None))
+        plan = (f64(tab.A), f64(tab.b), f64(tab.c), None if tab.e is None else f64(tab.e),
+                f64(tab.P) if tab.P is not None else np.zeros((s, 1)), tab.P is not None,
+                bool(tab.fsal), tab.err_order, alpha, beta)
+        _PLANS[key] = plan
+    return plan
+
+
 def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
                controller, trace):
     from nodeform.ode import _numba_rk as nb
     from nodeform.ode._fnptr import field_handle
     args = tuple(args)
-    s = tab.n_stages
+    # the loops cache across processes only with a handle; fall back on the dispatcher
     fh = field_handle(f, args) if hasattr(f, "get_compile_result") else None
     f_loop = f if fh is None else fh
+    A, b, c, e, P, has_dense, fsal, err_order, alpha, beta = _numba_plan(tab, controller)
     if step_size is not None or not tab.adaptive:
         counts = np.asarray(fixed_grid_counts(list(t_arr), step_size), dtype=np.int64)
         if counts.sum() > max_steps:
@@ -153,14 +217,11 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
                 f"a fixed grid with `step_size` = {step_size} needs {int(counts.sum())} steps, "
                 f"more than `max_steps` = {max_steps}. Try: a larger `step_size`, or raise "
                 "`max_steps`.", t=float(t_arr[0]), step=0)
-        ys, info, bad, tr = nb.solve_fixed(f_loop, args, t_arr, y0, tab.A, tab.b, tab.c, tab.fsal,
-                                           counts)
+        ys, info, bad, tr = nb.solve_fixed(f_loop, args, t_arr, y0, A, b, c, fsal, counts)
     else:
-        alpha, beta = ctl.controller_exponents(controller, tab.err_order)
-        P = tab.P if tab.P is not None else np.zeros((s, 1))
         ys, info, bad, tr = nb.solve_adaptive(
-            f_loop, args, t_arr, y0, tab.A, tab.b, tab.c, tab.e, P, tab.P is not None, tab.fsal,
-            tab.err_order, float(rtol), float(atol),
+            f_loop, args, t_arr, y0, A, b, c, e, P, has_dense, fsal, err_order, float(rtol),
+            float(atol),
             -1.0 if first_step is None else float(first_step), float(max_step), int(max_steps),
             alpha, beta, bool(trace))
     status = int(info[0])
@@ -243,8 +304,8 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
     NonFiniteError, StepSizeUnderflowError, MaxStepsError
         The integration failed (with ``throw=True``); the message says where and what to try.
     """
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
+    if options and not _OPTIONS_SET.issuperset(options):
+        unknown = sorted(set(options) - _OPTIONS_SET)
         raise _bad(f"unknown option(s) {unknown}; the options are {list(_OPTIONS)}.")
     if not callable(f):
         raise _bad(f"`f` must be callable as f(t, y, *args); got {type(f).__name__}.")
@@ -252,8 +313,12 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         tab = get_tableau(method)
     except ValueError as exc:
         raise _bad(str(exc)) from None
-    _check_positive("rtol", rtol)
-    _check_positive("atol", atol, allow_zero=True)
+    # the common case (positive float tolerances) is checked inline; anything else gets the
+    # full check and its message
+    if not (type(rtol) is float and rtol > 0.0):
+        _check_positive("rtol", rtol)
+    if not (type(atol) is float and atol >= 0.0):
+        _check_positive("atol", atol, allow_zero=True)
     if rtol < MIN_RTOL:
         warnings.warn(f"`rtol` = {rtol} is below {MIN_RTOL:.1e}, which float64 cannot meet; "
                       f"using {MIN_RTOL:.1e}.", stacklevel=2)
@@ -269,8 +334,10 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         _check_positive("step_size", step_size)
     if first_step is not None:
         _check_positive("first_step", first_step)
-    _check_positive("max_steps", max_steps, integer=True)
-    _check_positive("max_step", max_step)
+    if not (type(max_steps) is int and max_steps > 0):
+        _check_positive("max_steps", max_steps, integer=True)
+    if not (type(max_step) is float and max_step > 0.0):
+        _check_positive("max_step", max_step)
     if controller not in ctl.CONTROLLERS:
         raise _bad(f"`controller` = {controller!r} is not one of {ctl.CONTROLLERS}; 'pi' "
                    "(default) remembers the last error, 'i' is SciPy's classic controller.")
