@@ -27,8 +27,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from nodeform.ode._fnptr import STATE, args_key, build_function, function_handle, is_handle_type
 
 ACTIVATIONS = {"tanh": 0, "softplus": 1, "elu": 2}
 
@@ -167,12 +171,66 @@ def mlp_vjp(t, y, theta, a, arch):
     return out, g_y, g_theta, g_t
 
 
+#: What ``f_vjp`` must return for the pointer path: ``(dy, a_dfdy, a_dfdtheta, a_dfdt)``.
+VJP_RETURN = types.Tuple((STATE, STATE, STATE, types.float64))
+
+# (f_vjp, type key of (theta, *args)) -> handle, or None (then the dispatcher is passed)
+_VJP_HANDLES = {}
+
+
+def vjp_handle(f_vjp, theta, args):
+    """A function-pointer handle of ``f_vjp`` for :func:`augmented`, memoized; or None.
+
+    Passing the handle instead of the dispatcher ``f_vjp`` in the augmented field's
+    arguments keeps the compiled adjoint loop's cache key the same in every process
+    (see :mod:`nodeform.ode._fnptr`), so a second process does not recompile it. None
+    when ``f_vjp`` does not compile to ``VJP_RETURN(float64, float64[::1], theta,
+    float64[::1], *args)`` exactly: pass ``f_vjp`` itself then (recompiled per process).
+    """
+    key = (f_vjp, args_key((theta,) + tuple(args)))
+    if key not in _VJP_HANDLES:
+        try:
+            sig = VJP_RETURN(types.float64, STATE, numba.typeof(theta), STATE,
+                             *(numba.typeof(x) for x in args))
+        except Exception:  # noqa: BLE001 - no Numba type: keep the dispatcher path
+            _VJP_HANDLES[key] = None
+        else:
+            _VJP_HANDLES[key] = function_handle(f_vjp, sig)
+    return _VJP_HANDLES[key]
+
+
+@intrinsic
+def _vjp_from_handle(typingctx, handle, theta, args):
+    fnty = types.FunctionType(VJP_RETURN(types.float64, STATE, theta, STATE, *args.types))
+
+    def codegen(context, builder, signature, llargs):
+        c_addr = builder.extract_value(llargs[0], 0)
+        jit_addr = builder.extract_value(llargs[0], 1)
+        return build_function(context, builder, fnty, c_addr, jit_addr)
+    return fnty(handle, theta, args), codegen
+
+
+def vjp_function(f_vjp, theta, args):
+    """Inside compiled code: the callable ``f_vjp``, from a handle or the dispatcher itself."""
+    return f_vjp
+
+
+@overload(vjp_function, jit_options={"cache": True})
+def _vjp_function_impl(f_vjp, theta, args):
+    if is_handle_type(f_vjp):
+        return lambda f_vjp, theta, args: _vjp_from_handle(f_vjp, theta, args)
+    return lambda f_vjp, theta, args: f_vjp
+
+
 @njit(cache=True)
 def augmented(t, s, f_vjp, theta, n, p, with_t, args):
     """The adjoint's augmented dynamics on ``s = [z | a | a_theta | a_t]`` (see continuous.py).
 
     ``d/dt [z, a, a_theta, a_t] = [f, -a^T df/dz, -a^T df/dtheta, -a^T df/dt]``.
+    ``f_vjp`` is the njit VJP function or its :func:`vjp_handle` (which lets the compiled
+    adjoint loop cache across processes).
     """
+    f_vjp = vjp_function(f_vjp, theta, args)
     z = s[:n]
     a = s[n:2 * n]
     dy, g_y, g_theta, g_t = f_vjp(t, z, theta, a, *args)

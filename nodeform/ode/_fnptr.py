@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 __all__ = ["field_handle", "field_function", "function_handle", "build_function", "args_key",
-           "FIELD_RETURN", "STATE", "HANDLE"]
+           "FIELD_RETURN", "STATE", "HANDLE", "is_handle_type"]
 
 #: The state type every vector field receives: a 1-D C-contiguous float64 array.
 STATE = types.float64[::1]
@@ -156,12 +156,13 @@ def field_function(f, args):
     return f
 
 
-def _is_handle(f):
+def is_handle_type(f):
+    """True when the Numba type ``f`` is a handle (see the module docstring)."""
     return isinstance(f, types.UniTuple) and f.count == 2 and isinstance(f.dtype, types.Integer)
 
 
 @overload(field_function, jit_options={"cache": True})
 def _field_function_impl(f, args):
-    if _is_handle(f):
+    if is_handle_type(f):
         return lambda f, args: _field_from_handle(f, args)
     return lambda f, args: f
