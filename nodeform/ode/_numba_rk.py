@@ -9,9 +9,12 @@ the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
 The vector field is an ``@numba.njit`` function ``f(t, y, *args)``; ``args`` is a
 tuple passed through unchanged. The tableau arrives as arrays, so one compiled loop
-serves every method; Numba specializes the loop once per vector field (and per type
-of ``args``), about a second the first time, then ``cache=True`` stores it on disk so
-a second process pays nothing.
+serves every method. ``f`` normally arrives as a function-pointer handle (see
+:mod:`nodeform.ode._fnptr`): the loop is then specialized per type of ``args`` only,
+and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
+through a pointer (it returns a non-contiguous or non-float64 array, say), the
+dispatcher itself is passed: the loop is specialized per ``f`` and recompiled in every
+process.
 
 Debug with ``NUMBA_DISABLE_JIT=1`` (the same code runs as Python), switch the compiled
 engine off with ``NODEFORM_NUMBA=0``.
@@ -194,7 +197,8 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
 
     Parameters
     ----------
-    f : njit function ``f(t, y, *args) -> ndarray, shape (n,)``
+    f : njit function ``f(t, y, *args) -> ndarray, shape (n,)``, or its handle
+        A handle ``(c_addr, jit_addr)`` from :func:`nodeform.ode._fnptr.field_handle`.
     args : tuple
     t_out : ndarray, shape (n_out,)
     y0 : ndarray, shape (n,)
