@@ -4,7 +4,11 @@ The public API is re-exported here; the modules themselves are the place to read
 """
 __version__ = "0.1.0"
 
-from nodeform.backend import DEFAULT_DTYPE, cupy_available, get_xp, to_numpy  # noqa: F401
+from nodeform import memory as _memory
+
+_memory.apply_default()   # fewer page faults: see nodeform/memory.py
+
+from nodeform.backend import DEFAULT_DTYPE, cupy_available, get_xp, to_numpy  # noqa: F401,E402
 
 # ---- autodiff (chapter 1)
 from nodeform.autodiff import (Tensor, no_grad, enable_grad, gradients, grad,  # noqa: F401,E402

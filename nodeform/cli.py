@@ -91,6 +91,8 @@ def doctor():
     print(f"  numba   {nb}")
     cp, reason = cupy_status()
     print(f"  cupy    {reason}")
+    from nodeform.memory import STATE
+    print(f"malloc tuning (nodeform/memory.py): {STATE['reason']}")
     return 0
 
 

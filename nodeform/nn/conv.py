@@ -22,8 +22,6 @@ gradient come for free from the ``matmul`` and ``add`` rows of the table.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 
 import numpy as np
 
@@ -130,37 +128,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     return out.reshape(n, ho, wo, o).transpose((0, 3, 1, 2))
 
 
-# ======================================================================== allocator
-#: glibc ``mallopt`` parameter numbers (from <malloc.h>).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: Blocks up to this size come from the heap and are reused; im2col buffers of a 64-channel conv are ~10-40 MiB.
-KEEP_MMAP_THRESHOLD = 256 << 20
-#: Free heap memory kept before glibc returns it to the OS.
-KEEP_TRIM_THRESHOLD = 512 << 20
-
-
-def keep_freed_memory(mmap_threshold=KEEP_MMAP_THRESHOLD, trim_threshold=KEEP_TRIM_THRESHOLD):
-    """Ask glibc to keep freed large blocks for reuse (process-wide, opt-in).
-
-    Every convolution allocates fresh ``im2col`` buffers of several MiB. By default
-    glibc serves such blocks with ``mmap`` and unmaps them when freed, so each call
-    pays for page faults on fresh memory; measured, that is ~20% of a conv layer's
-    forward+backward time. This is the same as setting ``MALLOC_MMAP_THRESHOLD_``
-    and ``MALLOC_TRIM_THRESHOLD_`` in the environment. The cost: the process keeps
-    up to ``trim_threshold`` bytes of freed memory instead of returning it.
-
-    Returns
-    -------
-    bool
-        True when applied (glibc found), False elsewhere (macOS, musl), where it does nothing.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
-        return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1)
-    except (OSError, AttributeError):
-        return False
+# kept here for existing callers; see nodeform.memory (applied at import by default)
+from nodeform.memory import keep_freed_memory  # noqa: E402,F401
 
 
 # ======================================================================== layers
