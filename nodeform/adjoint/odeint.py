@@ -38,6 +38,8 @@ class SolveStats:
     Pass one as ``odeint(..., stats=SolveStats())``: ``nfe_forward`` is known after
     the forward solve, ``nfe_backward`` after ``backward()``. Counts add up over
     calls, so one object can follow a whole training iteration (call :meth:`reset`).
+    The one evaluation of ``func`` that checks its parameters are registered (continuous
+    adjoint, when gradients are recorded) is not counted.
     """
 
     nfe_forward: int = 0

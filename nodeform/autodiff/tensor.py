@@ -365,7 +365,12 @@ def apply(prim, args, kw):
         out = prim.forward(*raws, **kw)
     except (ValueError, TypeError, IndexError) as exc:
         shapes = ", ".join(str(getattr(r, "shape", type(r).__name__)) for r in raws)
-        raise type(exc)(f"`{prim.name}` failed on inputs of shapes ({shapes}): {exc}") from exc
+        message = f"`{prim.name}` failed on inputs of shapes ({shapes}): {exc}"
+        try:
+            wrapped = type(exc)(message)      # keep the kind of error the user can catch
+        except Exception:                     # an exception class with another signature
+            wrapped = ValueError(message)
+        raise wrapped from exc
     if type(out) is not np.ndarray and not hasattr(out, "__cuda_array_interface__"):
         out = np.asarray(out)
     t = Tensor.__new__(Tensor)
