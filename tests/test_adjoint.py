@@ -47,20 +47,25 @@ TIMES = {"forward_3obs": np.array([0.0, 0.3, 0.8, 1.2]),
          "backward_2obs": np.array([1.0, 0.4, -0.5])}
 
 
+@pytest.mark.parametrize("rtol", [1e-6, 1e-9])
 @pytest.mark.parametrize("tname", TIMES)
 @pytest.mark.parametrize("fname", FIELDS)
-def test_continuous_adjoint_matches_backprop(fname, tname, rng):
-    """rtol 1e-9 solves: adjoint and backprop agree to 1e-6 relative (1000 x rtol)."""
+def test_continuous_adjoint_matches_backprop(fname, tname, rtol, rng):
+    """Adjoint and backprop agree to 100 x rtol, relative to the largest gradient entry.
+
+    (atol = rtol / 100. Measured worst gaps over these cases: 0.6, 15 and 2 x rtol at
+    rtol 1e-5, 1e-7, 1e-9.)
+    """
     maker, sample, shape = FIELDS[fname]
     params = sample(rng)
     y0 = rng.standard_normal(shape)
     t = TIMES[tname]
-    kw = dict(rtol=1e-9, atol=1e-11)
+    kw = dict(rtol=rtol, atol=rtol * 1e-2)
     g_adj = _grads(maker, y0, t, params, "continuous", **kw)
     g_bp = _grads(maker, y0, t, params, "backprop", **kw)
     for name, a, b in zip(["y0", "t"] + [f"param{k}" for k in range(len(params))], g_adj, g_bp):
         scale = np.abs(b).max() + 1e-12
-        assert np.abs(a - b).max() <= 1e-6 * scale, (name, np.abs(a - b).max() / scale)
+        assert np.abs(a - b).max() <= 100 * rtol * scale, (name, np.abs(a - b).max() / scale)
 
 
 @pytest.mark.parametrize("fname", FIELDS)
