@@ -8,8 +8,13 @@ NumPy float64 only, 1-D state, the stages live in a preallocated ``K`` of shape
 the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
 The vector field is an ``@numba.njit`` function ``f(t, y, *args)``; ``args`` is a
-tuple passed through unchanged. The tableau arrives as arrays, so one compiled loop
-serves every method. ``f`` normally arrives as a function-pointer handle (see
+tuple passed through unchanged. Each built-in method (:data:`~nodeform.ode.tableaus.METHODS`)
+has its own compiled loop whose step is straight-line code with the tableau's nonzero
+coefficients as literals (generated from the tableau at import, see :func:`_step_source`),
+so nothing is looked up or skipped at run time; a user-defined
+:class:`~nodeform.ode.tableaus.ButcherTableau` runs the generic loop, which reads the
+tableau from arrays. Both share one body (:func:`_adaptive_body`, :func:`_fixed_body`) and
+add the same terms in the same order. ``f`` normally arrives as a function-pointer handle (see
 :mod:`nodeform.ode._fnptr`): the loop is then specialized per type of ``args`` only,
 and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
 through a pointer (it returns a non-contiguous or non-float64 array, say), the
@@ -24,15 +29,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 
-__all__ = ["solve_adaptive", "solve_fixed", "ST_OK", "ST_MAX_STEPS", "ST_UNDERFLOW",
+__all__ = ["solve_adaptive", "solve_fixed", "ADAPTIVE_LOOPS", "FIXED_LOOPS", "ST_OK", "ST_MAX_STEPS", "ST_UNDERFLOW",
            "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
 
 from nodeform.ode._fnptr import field_function
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
+from nodeform.ode.tableaus import METHODS
 
 # the same constants as nodeform.ode.controller / loops (see the comments there)
 SAFETY = 0.9
@@ -46,6 +53,12 @@ EPS = 2.220446049250313e-16  # float64 machine epsilon
 #: the state, which vectorize (about 2x faster for a 2,000-component batch). Both orders
 #: add the same terms in the same order, so the results are identical.
 SMALL_N = 16
+#: NumPy's pairwise summation: leaves of at most this many terms, summed with 8
+#: accumulators (numpy/_core/src/umath/loops_utils.h.src, PW_BLOCKSIZE). The error norm
+#: sums the same way, so it equals the reference engine's ``np.mean`` bit for bit.
+PW_BLOCKSIZE = 128
+#: The tag of the generic, array-driven step (user-defined tableaus).
+GENERIC = "generic"
 
 
 @njit(cache=True, inline="always")
@@ -191,37 +204,240 @@ def _first_bad_stage(K, upto):
 
 
 @njit(cache=True)
-def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol, atol,
-                   first_step, max_step, max_steps, alpha, beta, trace):
-    """Compiled twin of :func:`nodeform.ode.loops.integrate_adaptive`.
+def _pairwise_leaf(x, lo, n):
+    """``sum(x[lo:lo + n])`` for ``n <= PW_BLOCKSIZE``, in NumPy's order (8 accumulators)."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += x[i]
+        return res
+    r0 = x[lo]
+    r1 = x[lo + 1]
+    r2 = x[lo + 2]
+    r3 = x[lo + 3]
+    r4 = x[lo + 4]
+    r5 = x[lo + 5]
+    r6 = x[lo + 6]
+    r7 = x[lo + 7]
+    stop = lo + n - n % 8
+    i = lo + 8
+    while i < stop:
+        r0 += x[i]
+        r1 += x[i + 1]
+        r2 += x[i + 2]
+        r3 += x[i + 3]
+        r4 += x[i + 4]
+        r5 += x[i + 5]
+        r6 += x[i + 6]
+        r7 += x[i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < lo + n:
+        res += x[i]
+        i += 1
+    return res
 
-    Parameters
-    ----------
-    f : njit function ``f(t, y, *args) -> ndarray, shape (n,)``, or its handle
-        A handle ``(c_addr, jit_addr)`` from :func:`nodeform.ode._fnptr.field_handle`.
-    args : tuple
-    t_out : ndarray, shape (n_out,)
-    y0 : ndarray, shape (n,)
-    A, b, c, e, P : ndarray
-        The tableau, shapes (s, s), (s,), (s,), (s,), (s, n_poly).
-    has_dense, fsal : bool
-    err_order : int
-    rtol, atol, first_step, max_step : float
-        ``first_step <= 0`` selects Hairer's heuristic.
-    max_steps : int
-    alpha, beta : float
-        Controller exponents.
-    trace : bool
 
-    Returns
-    -------
-    ys : ndarray, shape (n_out, n)
-    info : ndarray, shape (8,) float64
-        status, n_out_done, nfev, n_steps, n_accepted, n_rejected, t_fail, h_fail
-    bad_stage : int
-    tr : ndarray, shape (n_trace, 4)
-        t, h, error ratio, accepted (1.0/0.0) per attempted step.
+#: Depth of the explicit stack of :func:`_pairwise_sum`: each level halves n, so 64 levels
+#: cover any array that fits in memory.
+PW_MAX_DEPTH = 64
+
+
+@njit(cache=True)
+def _pairwise_sum(x, n):
+    """``sum(x[:n])`` in NumPy's pairwise order (see :data:`PW_BLOCKSIZE`).
+
+    Independent accumulators in each leaf (no long dependency chain for large states) and
+    the same bits as ``np.sum`` / ``np.mean`` (checked by the tests). NumPy's recursion
+    (halve n, rounded down to a multiple of 8, sum both halves, add) runs on an explicit
+    stack: Numba cannot load a recursive function from its on-disk cache.
     """
+    if n <= PW_BLOCKSIZE:
+        return _pairwise_leaf(x, 0, n)
+    st_lo = np.empty(PW_MAX_DEPTH, np.int64)
+    st_n = np.empty(PW_MAX_DEPTH, np.int64)
+    st_phase = np.empty(PW_MAX_DEPTH, np.int64)  # 0: start, 1: left pending, 2: right pending
+    st_left = np.empty(PW_MAX_DEPTH)
+    st_lo[0] = 0
+    st_n[0] = n
+    st_phase[0] = 0
+    sp = 1
+    result = 0.0
+    while sp > 0:
+        top = sp - 1
+        lo = st_lo[top]
+        m = st_n[top]
+        n2 = m // 2
+        n2 -= n2 % 8
+        done = False
+        v = 0.0
+        if m <= PW_BLOCKSIZE:
+            v = _pairwise_leaf(x, lo, m)
+            done = True
+        elif st_phase[top] == 0:  # descend into the left half
+            st_phase[top] = 1
+            st_lo[sp] = lo
+            st_n[sp] = n2
+            st_phase[sp] = 0
+            sp += 1
+        elif st_phase[top] == 1:  # left half summed (in st_left): descend into the right
+            st_phase[top] = 2
+            st_lo[sp] = lo + n2
+            st_n[sp] = m - n2
+            st_phase[sp] = 0
+            sp += 1
+        if done:
+            sp -= 1
+            # deliver v to the parent: the left half is stored, the right half completes it
+            while sp > 0 and st_phase[sp - 1] == 2:
+                v = st_left[sp - 1] + v
+                sp -= 1
+            if sp == 0:
+                result = v
+            else:
+                st_left[sp - 1] = v
+    return result
+
+
+@njit(cache=True, inline="always")
+def _rms_of_squares(sq, n):
+    """``sqrt(mean(sq[:n]))`` as the reference's ``rms_norm`` computes it (0 when n = 0)."""
+    return math.sqrt(_pairwise_sum(sq, n) / n) if n > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- the step
+# Three step operations, each a stub whose compiled version depends on a literal ``tag``:
+# a built-in method's name selects straight-line code generated from its tableau, any
+# other tag the generic array-driven code above. In Python (NUMBA_DISABLE_JIT=1) the stubs
+# run the generic code, which gives the same numbers.
+
+def _step_stages(tag, f, args, t, y, h, A, c, K, y_stage, acc):
+    """Stages 1..s-1 into K (K[0] holds f(t, y)); False when f returned a wrong length."""
+    return _stages(f, args, t, y, h, A, c, K, y_stage, acc)
+
+
+def _step_combine(tag, y, K, b, h, out, acc):
+    """out = y + (sum_j K_j b_j) h over the nonzero weights."""
+    _combine(y, K, b, h, out, acc)
+
+
+def _step_ratio(tag, K, e, h, y, y_new, rtol, atol, acc, sq):
+    """The scaled RMS error ratio of the step (controller.error_ratio); ``sq`` is scratch."""
+    return _generic_ratio(K, e, h, y, y_new, rtol, atol, acc, sq)
+
+
+@njit(cache=True, inline="always")
+def _generic_ratio(K, e, h, y, y_new, rtol, atol, acc, sq):
+    n = y.shape[0]
+    _weighted(K, e, K.shape[0], acc)
+    for m in range(n):
+        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))
+        x = acc[m] * h / sc
+        sq[m] = x * x
+    return _rms_of_squares(sq, n)
+
+
+def _terms_expr(terms):
+    """``K[j, m] * w_j + ...`` for ``terms = ((j, w_j), ...)``, left to right (rk.weighted_sum)."""
+    return " + ".join(f"K[{j}, m] * {w!r}" for j, w in terms)
+
+
+def _step_source(tab, what):
+    """Source of the straight-line ``what`` operation ("stages", "combine", "ratio") for ``tab``.
+
+    Every coefficient is written with ``repr`` (exact round trip), zero weights are left
+    out, and each sum runs left to right, as :func:`nodeform.ode.rk.weighted_sum` does.
+    """
+    if what == "stages":
+        lines = ["def impl(tag, f, args, t, y, h, A, c, K, y_stage, acc):",
+                 "    n = y.shape[0]"]
+        for i in range(1, tab.n_stages):
+            terms = tab.A_terms[i]
+            lines.append("    for m in range(n):")
+            if terms:
+                lines.append(f"        y_stage[m] = y[m] + ({_terms_expr(terms)}) * h")
+            else:
+                lines.append("        y_stage[m] = y[m]")
+            lines.append(f"    if not _eval(f, t + {tab.c_list[i]!r} * h, y_stage, args, K, {i}):")
+            lines.append("        return False")
+        lines.append("    return True")
+    elif what == "combine":
+        lines = ["def impl(tag, y, K, b, h, out, acc):",
+                 "    for m in range(y.shape[0]):",
+                 f"        out[m] = y[m] + ({_terms_expr(tab.b_terms)}) * h"]
+    else:
+        lines = ["def impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq):",
+                 "    n = y.shape[0]",
+                 "    for m in range(n):",
+                 "        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
+                 f"        x = ({_terms_expr(tab.e_terms)}) * h / sc",
+                 "        sq[m] = x * x",
+                 "    return _rms_of_squares(sq, n)"]
+    return "\n".join(lines) + "\n"
+
+
+# (method name, operation) -> the generated implementation, built on first use
+_GENERATED = {}
+
+
+def _generated(tag, what, generic):
+    """The implementation of ``what`` for the literal ``tag``: generated, or ``generic``."""
+    if not isinstance(tag, types.StringLiteral) or tag.literal_value not in METHODS:
+        return generic
+    name = tag.literal_value
+    key = (name, what)
+    if key not in _GENERATED:
+        namespace = {"_eval": _eval, "_rms_of_squares": _rms_of_squares}
+        exec(compile(_step_source(METHODS[name], what), f"<nodeform {name} {what}>", "exec"),
+             namespace)
+        _GENERATED[key] = namespace["impl"]
+    return _GENERATED[key]
+
+
+@overload(_step_stages, prefer_literal=True)
+def _step_stages_impl(tag, f, args, t, y, h, A, c, K, y_stage, acc):
+    def generic(tag, f, args, t, y, h, A, c, K, y_stage, acc):
+        return _stages(f, args, t, y, h, A, c, K, y_stage, acc)
+    return _generated(tag, "stages", generic)
+
+
+@overload(_step_combine, prefer_literal=True)
+def _step_combine_impl(tag, y, K, b, h, out, acc):
+    def generic(tag, y, K, b, h, out, acc):
+        _combine(y, K, b, h, out, acc)
+    return _generated(tag, "combine", generic)
+
+
+@overload(_step_ratio, prefer_literal=True)
+def _step_ratio_impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq):
+    def generic(tag, K, e, h, y, y_new, rtol, atol, acc, sq):
+        return _generic_ratio(K, e, h, y, y_new, rtol, atol, acc, sq)
+    return _generated(tag, "ratio", generic)
+
+
+@njit(cache=True)
+def _dense(y, K, P, theta, h, out):
+    """out = y + h sum_i w_i(theta) K_i over the nonzero weights (rk.dense_eval)."""
+    s = K.shape[0]
+    for m in range(y.shape[0]):
+        acc = 0.0
+        for i in range(s):
+            w = 0.0
+            p = theta
+            for q in range(P.shape[1]):
+                w += P[i, q] * p
+                p *= theta
+            if w != 0.0:
+                acc += K[i, m] * w
+        out[m] = y[m] + acc * h
+
+
+# ----------------------------------------------------------------------------- the loops
+
+@njit(inline="always")
+def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol,
+                   atol, first_step, max_step, max_steps, alpha, beta, trace):
+    """The adaptive loop, shared by :func:`solve_adaptive` and the per-method loops."""
     f = field_function(f, args)
     n_out = t_out.shape[0]
     n = y0.shape[0]
@@ -288,19 +504,14 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
         if direction * (t_new - t_stop) > 0:
             t_new = t_stop
         h = t_new - t
-        if not _stages(f, args, t, y, h, A, c, K, y_new, wsum):
+        if not _step_stages(tag, f, args, t, y, h, A, c, K, y_new, wsum):
             status = ST_BAD_SHAPE
             break
         nfev += s - 1
         n_steps += 1
         if not fsal:
-            _combine(y, K, b, h, y_new, wsum)
-        _weighted(K, e, s, wsum)
-        acc2 = 0.0
-        for m in range(n):
-            sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))
-            acc2 += (wsum[m] * h / sc) ** 2
-        ratio = math.sqrt(acc2 / n) if n > 0 else 0.0
+            _step_combine(tag, y, K, b, h, y_new, wsum)
+        ratio = _step_ratio(tag, K, e, h, y, y_new, rtol, atol, wsum, scratch)
         finite = np.isfinite(ratio)
         accepted = finite and ratio <= 1.0
         if trace:
@@ -325,18 +536,7 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
                 for m in range(n):
                     ys[k, m] = y_new[m]
             else:
-                theta = (t_out[k] - t) / h
-                for m in range(n):
-                    acc = 0.0
-                    for i in range(s):
-                        w = 0.0
-                        p = theta
-                        for q in range(P.shape[1]):
-                            w += P[i, q] * p
-                            p *= theta
-                        if w != 0.0:
-                            acc += K[i, m] * w
-                    ys[k, m] = y[m] + acc * h
+                _dense(y, K, P, (t_out[k] - t) / h, h, ys[k])
             k += 1
         factor = _step_factor(ratio, prev_pow, alpha, after_reject)
         n_acc += 1
@@ -345,8 +545,7 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
         after_reject = False
         bad_stage = -1
         t = t_new
-        for m in range(n):
-            y[m] = y_new[m]
+        y, y_new = y_new, y  # the new state becomes y; the old buffer is reused
         if k < n_out:
             if fsal:
                 for m in range(n):
@@ -369,12 +568,78 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
 
 
 @njit(cache=True)
-def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
-    """Compiled twin of :func:`nodeform.ode.loops.integrate_fixed`.
+def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol, atol,
+                   first_step, max_step, max_steps, alpha, beta, trace):
+    """Compiled twin of :func:`nodeform.ode.loops.integrate_adaptive` (any tableau).
 
-    ``counts[k]`` is the number of equal steps between ``t_out[k]`` and ``t_out[k+1]``.
-    Returns ``ys, info, bad_stage, tr`` as :func:`solve_adaptive` (``tr`` empty).
+    Parameters
+    ----------
+    f : njit function ``f(t, y, *args) -> ndarray, shape (n,)``, or its handle
+        A handle ``(c_addr, jit_addr)`` from :func:`nodeform.ode._fnptr.field_handle`.
+    args : tuple
+    t_out : ndarray, shape (n_out,)
+    y0 : ndarray, shape (n,)
+    A, b, c, e, P : ndarray
+        The tableau, shapes (s, s), (s,), (s,), (s,), (s, n_poly).
+    has_dense, fsal : bool
+    err_order : int
+    rtol, atol, first_step, max_step : float
+        ``first_step <= 0`` selects Hairer's heuristic.
+    max_steps : int
+    alpha, beta : float
+        Controller exponents.
+    trace : bool
+
+    Returns
+    -------
+    ys : ndarray, shape (n_out, n)
+    info : ndarray, shape (8,) float64
+        status, n_out_done, nfev, n_steps, n_accepted, n_rejected, t_fail, h_fail
+    bad_stage : int
+    tr : ndarray, shape (n_trace, 4)
+        t, h, error ratio, accepted (1.0/0.0) per attempted step.
+
+    Notes
+    -----
+    The built-in methods have their own loops with the same arguments
+    (:data:`ADAPTIVE_LOOPS`): they ignore ``A, b, c, e`` (their coefficients are
+    compiled in) and must be given their own tableau's arrays.
     """
+    return _adaptive_body(GENERIC, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal,
+                          err_order, rtol, atol, first_step, max_step, max_steps, alpha, beta,
+                          trace)
+
+
+@njit(cache=True)
+def solve_adaptive_bosh3(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol,
+                         atol, first_step, max_step, max_steps, alpha, beta, trace):
+    """:func:`solve_adaptive` with Bogacki–Shampine 3(2) compiled in."""
+    return _adaptive_body("bosh3", f, args, t_out, y0, A, b, c, e, P, has_dense, fsal,
+                          err_order, rtol, atol, first_step, max_step, max_steps, alpha, beta,
+                          trace)
+
+
+@njit(cache=True)
+def solve_adaptive_dopri5(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol,
+                          atol, first_step, max_step, max_steps, alpha, beta, trace):
+    """:func:`solve_adaptive` with Dormand–Prince 5(4) compiled in."""
+    return _adaptive_body("dopri5", f, args, t_out, y0, A, b, c, e, P, has_dense, fsal,
+                          err_order, rtol, atol, first_step, max_step, max_steps, alpha, beta,
+                          trace)
+
+
+@njit(cache=True)
+def solve_adaptive_tsit5(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol,
+                         atol, first_step, max_step, max_steps, alpha, beta, trace):
+    """:func:`solve_adaptive` with Tsitouras 5(4) compiled in."""
+    return _adaptive_body("tsit5", f, args, t_out, y0, A, b, c, e, P, has_dense, fsal,
+                          err_order, rtol, atol, first_step, max_step, max_steps, alpha, beta,
+                          trace)
+
+
+@njit(inline="always")
+def _fixed_body(tag, f, args, t_out, y0, A, b, c, fsal, counts):
+    """The fixed-grid loop, shared by :func:`solve_fixed` and the per-method loops."""
     f = field_function(f, args)
     n_out = t_out.shape[0]
     n = y0.shape[0]
@@ -410,13 +675,13 @@ def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
         for i in range(nk):
             t = ta + i * hk
             h = t_out[k] - t if i == nk - 1 else hk
-            if not _stages(f, args, t, y, h, A, c, K, y_new, wsum):
+            if not _step_stages(tag, f, args, t, y, h, A, c, K, y_new, wsum):
                 info[0] = ST_BAD_SHAPE
                 return ys, info, -1, tr
             nfev += s - 1
             n_steps += 1
             if not fsal:
-                _combine(y, K, b, h, y_new, wsum)
+                _step_combine(tag, y, K, b, h, y_new, wsum)
             if not _all_finite(y_new):
                 info[0] = ST_NONFINITE
                 info[1] = k
@@ -426,8 +691,7 @@ def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
                 info[6] = t
                 info[7] = h
                 return ys, info, _first_bad_stage(K, s), tr
-            for m in range(n):
-                y[m] = y_new[m]
+            y, y_new = y_new, y  # the new state becomes y; the old buffer is reused
             if fsal:
                 for m in range(n):
                     K[0, m] = K[s - 1, m]
@@ -445,3 +709,41 @@ def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
     info[4] = n_steps
     info[6] = t
     return ys, info, -1, tr
+
+
+@njit(cache=True)
+def solve_fixed(f, args, t_out, y0, A, b, c, fsal, counts):
+    """Compiled twin of :func:`nodeform.ode.loops.integrate_fixed` (any tableau).
+
+    ``counts[k]`` is the number of equal steps between ``t_out[k]`` and ``t_out[k+1]``.
+    Returns ``ys, info, bad_stage, tr`` as :func:`solve_adaptive` (``tr`` empty). The
+    fixed-step methods have their own loops (:data:`FIXED_LOOPS`), same arguments.
+    """
+    return _fixed_body(GENERIC, f, args, t_out, y0, A, b, c, fsal, counts)
+
+
+@njit(cache=True)
+def solve_fixed_euler(f, args, t_out, y0, A, b, c, fsal, counts):
+    """:func:`solve_fixed` with Euler's method compiled in."""
+    return _fixed_body("euler", f, args, t_out, y0, A, b, c, fsal, counts)
+
+
+@njit(cache=True)
+def solve_fixed_midpoint(f, args, t_out, y0, A, b, c, fsal, counts):
+    """:func:`solve_fixed` with the midpoint method compiled in."""
+    return _fixed_body("midpoint", f, args, t_out, y0, A, b, c, fsal, counts)
+
+
+@njit(cache=True)
+def solve_fixed_rk4(f, args, t_out, y0, A, b, c, fsal, counts):
+    """:func:`solve_fixed` with the classic RK4 compiled in."""
+    return _fixed_body("rk4", f, args, t_out, y0, A, b, c, fsal, counts)
+
+
+#: The adaptive loop of each built-in embedded pair, by name (others: solve_adaptive).
+ADAPTIVE_LOOPS = {"bosh3": solve_adaptive_bosh3, "dopri5": solve_adaptive_dopri5,
+                  "tsit5": solve_adaptive_tsit5}
+#: The fixed-grid loop of each built-in fixed-step method, by name (an embedded pair on a
+#: fixed grid, or a user tableau: solve_fixed).
+FIXED_LOOPS = {"euler": solve_fixed_euler, "midpoint": solve_fixed_midpoint,
+               "rk4": solve_fixed_rk4}

@@ -24,7 +24,7 @@ from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentEr
 from nodeform.ode.loops import (MAX_STEPS, check_vector_field_output, fixed_grid_counts,
                                 integrate)
 from nodeform.ode.solution import Solution
-from nodeform.ode.tableaus import get_tableau
+from nodeform.ode.tableaus import METHODS, get_tableau
 
 __all__ = ["odeint", "solve", "select_engine", "DEFAULT_RTOL", "DEFAULT_ATOL"]
 
@@ -183,33 +183,39 @@ def _numba_plan(tab, controller):
     Returns
     -------
     tuple
-        ``(A, b, c, e, P, has_dense, fsal, err_order, alpha, beta)``, arrays C-contiguous
-        float64 (``P`` a dummy ``(s, 1)`` zero array without dense output; ``e``, ``alpha``,
-        ``beta`` None for a fixed-step method).
+        ``(A, b, c, e, P, has_dense, fsal, err_order, alpha, beta, adaptive_loop,
+        fixed_loop)``, arrays C-contiguous float64 (``P`` a dummy ``(s, 1)`` zero array
+        without dense output; ``e``, ``alpha``, ``beta`` None for a fixed-step method). The
+        loops are the compiled ones with the coefficients built in when ``tab`` is a
+        built-in method (the object itself, not a copy under its name), else the generic ones.
     """
     key = (tab, controller)
     plan = _PLANS.get(key)
     if plan is None:
+        from nodeform.ode import _numba_rk as nb
+        builtin = METHODS.get(tab.name) is tab
         s = tab.n_stages
         f64 = (lambda a: np.ascontiguousarray(a, dtype=np.float64))
         alpha, beta = (ctl.controller_exponents(controller, tab.err_order) if tab.adaptive
                        else (None, None))
         plan = (f64(tab.A), f64(tab.b), f64(tab.c), None if tab.e is None else f64(tab.e),
                 f64(tab.P) if tab.P is not None else np.zeros((s, 1)), tab.P is not None,
-                bool(tab.fsal), tab.err_order, alpha, beta)
+                bool(tab.fsal), tab.err_order, alpha, beta,
+                nb.ADAPTIVE_LOOPS.get(tab.name if builtin else None, nb.solve_adaptive),
+                nb.FIXED_LOOPS.get(tab.name if builtin else None, nb.solve_fixed))
         _PLANS[key] = plan
     return plan
 
 
 def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
                controller, trace):
-    from nodeform.ode import _numba_rk as nb
     from nodeform.ode._fnptr import field_handle
     args = tuple(args)
     # the loops cache across processes only with a handle; fall back on the dispatcher
     fh = field_handle(f, args) if hasattr(f, "get_compile_result") else None
     f_loop = f if fh is None else fh
-    A, b, c, e, P, has_dense, fsal, err_order, alpha, beta = _numba_plan(tab, controller)
+    (A, b, c, e, P, has_dense, fsal, err_order, alpha, beta, adaptive_loop,
+     fixed_loop) = _numba_plan(tab, controller)
     if step_size is not None or not tab.adaptive:
         counts = np.asarray(fixed_grid_counts(list(t_arr), step_size), dtype=np.int64)
         if counts.sum() > max_steps:
@@ -217,9 +223,9 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
                 f"a fixed grid with `step_size` = {step_size} needs {int(counts.sum())} steps, "
                 f"more than `max_steps` = {max_steps}. Try: a larger `step_size`, or raise "
                 "`max_steps`.", t=float(t_arr[0]), step=0)
-        ys, info, bad, tr = nb.solve_fixed(f_loop, args, t_arr, y0, A, b, c, fsal, counts)
+        ys, info, bad, tr = fixed_loop(f_loop, args, t_arr, y0, A, b, c, fsal, counts)
     else:
-        ys, info, bad, tr = nb.solve_adaptive(
+        ys, info, bad, tr = adaptive_loop(
             f_loop, args, t_arr, y0, A, b, c, e, P, has_dense, fsal, err_order, float(rtol),
             float(atol),
             -1.0 if first_step is None else float(first_step), float(max_step), int(max_steps),
