@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
@@ -46,128 +47,337 @@ _LN2_HI = 0.6931471803691238
 _LN2_LO = 1.9082149292705877e-10
 # below this, exp(-2|x|) underflows and tanh(x) = +-1 to the last bit
 _TANH_CLAMP = -700.0
+# 1.5 * 2^52: adding it to a float of magnitude below 2^51 rounds it to an integer held in
+# the low mantissa bits, so k comes out of the bits by one integer subtraction; unlike
+# floor() and a float -> int64 conversion this vectorizes on every x86-64 target
+_SHIFTER = 6755399441055744.0
+_SHIFTER_BITS = 0x4338000000000000
+
+# Batch rows processed together. The layers run on blocks stored feature-major, (width,
+# rows), so that every inner loop runs over contiguous batch rows and vectorizes; 64 rows
+# of a 64-unit layer are 32 KiB, so a block's activations and gradients stay in L1/L2
+# while the block is worked on, instead of streaming the whole batch through memory per
+# layer as full-batch temporaries do.
+_BLOCK = 64
 
 
-@njit(cache=True)
-def _tanh(a):
-    """tanh of a C-contiguous array, written so LLVM vectorizes it.
+@intrinsic
+def _bits(typingctx, x):
+    """The int64 holding the bits of the float64 ``x`` (a free bitcast that vectorizes)."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        return builder.bitcast(llargs[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _from_bits(typingctx, k):
+    """The float64 whose bits are the int64 ``k`` (inverse of :func:`_bits`)."""
+    if k != types.int64:
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        return builder.bitcast(llargs[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+# error_model="numpy": no zero-division check on the division (its divisor is in (1, 2]),
+# a check whose raise path would keep the loop from vectorizing
+@njit(cache=True, error_model="numpy")
+def _tanh_inplace(x, n):
+    """``x[:n] = tanh(x[:n])`` in one pass that LLVM vectorizes (x 1-D, contiguous).
 
     Numba calls the scalar libm ``tanh`` element by element (about 10 ns each, while
     NumPy's SIMD tanh takes about 1 ns); this tanh is ``-expm1(-2|x|) / (2 + expm1(-2|x|))``
     with ``expm1`` by range reduction and a degree-13 Taylor polynomial on
-    ``|r| <= ln2 / 2`` (truncation below 1e-17), in branch-free passes over the array.
-    Agrees with ``np.tanh`` to a few ulps, also for tiny ``x``.
+    ``|r| <= ln2 / 2`` (truncation below 1e-17); the scaling by ``2^k`` adds ``k`` to
+    the exponent bits and every branch is a select, so the loop body is straight-line
+    SIMD code. Agrees with ``np.tanh`` to a few ulps, also for tiny ``x``.
     """
-    x = a.ravel()
-    n = x.size
-    q = np.empty(n)
-    kbits = np.empty(n, dtype=np.int64)
     for i in range(n):
-        y = -2.0 * abs(x[i])
-        y = max(y, _TANH_CLAMP)
-        kf = math.floor(y * _LOG2E + 0.5)
+        xi = x[i]
+        y = max(-2.0 * abs(xi), _TANH_CLAMP)
+        j = y * _LOG2E + _SHIFTER
+        kf = j - _SHIFTER
+        k = _bits(j) - _SHIFTER_BITS
         r = (y - kf * _LN2_HI) - kf * _LN2_LO
-        q[i] = r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
+        q = r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
             1 / 720 + r * (1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (
                 1 / 3628800 + r * (1 / 39916800 + r * (1 / 479001600 + r / 6227020800))))))))))))
-        kbits[i] = np.int64(kf) << 52
-    e = q + 1.0                        # exp(r), then times 2^k by adding k to the exponent bits
-    bits = e.view(np.int64)
-    for i in range(n):
-        bits[i] += kbits[i]
-    out = np.empty(n)
-    for i in range(n):
-        em1 = q[i] if kbits[i] == 0 else e[i] - 1.0      # expm1(-2|x|), accurate near 0
+        e = _from_bits(_bits(q + 1.0) + (k << 52))      # exp(y) = exp(r) * 2^k
+        em1 = q if k == 0 else e - 1.0                  # expm1(y), accurate near 0
         t = -em1 / (2.0 + em1)
-        out[i] = t if x[i] >= 0 else -t
+        x[i] = math.copysign(t, xi)                     # t >= 0; keeps the sign of -0.0
+
+
+@njit(cache=True)
+def _tanh(a):
+    """tanh of a C-contiguous array, as a new array (see :func:`_tanh_inplace`)."""
+    out = a.copy().ravel()
+    _tanh_inplace(out, out.size)
     return out.reshape(a.shape)
 
 
 @njit(cache=True)
-def _act(x, kind):
+def _act_inplace(x, n, kind):
+    """Apply the hidden activation ``kind`` (see ``ACTIVATIONS``) to ``x[:n]`` in place."""
     if kind == 0:
-        return _tanh(x)
-    if kind == 1:
-        return np.logaddexp(0.0, x)
-    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
+        _tanh_inplace(x, n)
+    elif kind == 1:
+        for i in range(n):                  # softplus = log(1 + e^x), as np.logaddexp(0, x)
+            v = x[i]
+            x[i] = max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+    else:
+        for i in range(n):                  # ELU
+            v = x[i]
+            if v <= 0.0:
+                x[i] = math.expm1(v)
 
 
 @njit(cache=True)
-def _act_grad(pre, post, kind):
-    """d act / d pre, from the pre-activation and the activation."""
+def _act_grad_mul(g, h, n, kind):
+    """``g[:n] *= act'(pre)``, written in terms of the activation ``h = act(pre)``.
+
+    tanh' = 1 - h^2; softplus' = sigmoid(pre) = 1 - e^{-h} (as ``-expm1(-h)``, accurate
+    for tiny ``h``); ELU' = 1 where ``h > 0`` (exactly where ``pre > 0``), else ``h + 1``.
+    So the backward pass needs only the stored activations, not the pre-activations.
+    """
     if kind == 0:
-        return 1.0 - post * post
-    if kind == 1:
-        return 1.0 / (1.0 + np.exp(-pre))
-    return np.where(pre > 0, 1.0, post + 1.0)
+        for i in range(n):
+            g[i] *= 1.0 - h[i] * h[i]
+    elif kind == 1:
+        for i in range(n):
+            g[i] *= -math.expm1(-h[i])
+    else:
+        for i in range(n):
+            if h[i] <= 0.0:
+                g[i] *= h[i] + 1.0
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _dot(u, v, n):
+    """``sum(u[:n] * v[:n])``, vectorized.
+
+    ``reassoc`` lets LLVM split the sum over SIMD lanes (as BLAS ``ddot`` and NumPy's
+    pairwise sums also reorder); the rounding error keeps the usual bound
+    ``n eps sum|u v|``. Only this sum is reordered: no other fast-math flag is set.
+    """
+    s = 0.0
+    for i in range(n):
+        s += u[i] * v[i]
+    return s
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _sum(u, n):
+    """``sum(u[:n])``, vectorized (see :func:`_dot` for the reordering)."""
+    s = 0.0
+    for i in range(n):
+        s += u[i]
+    return s
 
 
 @njit(cache=True)
-def _input(t, y, arch):
-    d, time_input = arch[0], arch[1]
-    B = y.shape[0] // d
-    z = y.reshape(B, d)
-    if time_input == 0:
-        return z.copy()
-    x = np.empty((B, d + 1))
-    x[:, :d] = z
-    x[:, d] = t
-    return x
+def _layer(theta, arch, l):
+    """Views ``(W (n_out, n_in), b (n_out,))`` of layer ``l`` in the flat ``theta``."""
+    off = 0
+    for m in range(l):
+        off += arch[_ARCH_HEAD + m + 1] * (arch[_ARCH_HEAD + m] + 1)
+    n_in, n_out = arch[_ARCH_HEAD + l], arch[_ARCH_HEAD + l + 1]
+    W = theta[off:off + n_out * n_in].reshape(n_out, n_in)
+    b = theta[off + n_out * n_in:off + n_out * n_in + n_out]
+    return W, b
+
+
+@njit(cache=True)
+def _block(buf, off, rows, nb):
+    """A contiguous ``(rows, nb)`` view of the flat workspace ``buf`` at ``off``."""
+    return buf[off:off + rows * nb].reshape(rows, nb)
+
+
+@njit(cache=True)
+def _load_rows(t, y, d, time_input, r0, nb, x):
+    """Batch rows ``r0 .. r0+nb`` of the flat ``y``, transposed into ``x`` (d[+1], nb)."""
+    for k in range(d):
+        xr = x[k]
+        for i in range(nb):
+            xr[i] = y[(r0 + i) * d + k]
+    if time_input:
+        x[d, :] = t
+
+
+@njit(cache=True)
+def _store_rows(x, d, r0, nb, out):
+    """Inverse of :func:`_load_rows` for ``d`` rows: ``x`` (>= d, nb) into the flat ``out``."""
+    for k in range(d):
+        xr = x[k]
+        for i in range(nb):
+            out[(r0 + i) * d + k] = xr[i]
+
+
+@njit(cache=True)
+def _affine(W, b, x, out):
+    """``out = W @ x + b[:, None]`` on a feature-major block (columns are batch rows).
+
+    Loops, not BLAS: the shapes are skinny (2 or 3 inputs, 2 outputs) and the blocks
+    small, where a BLAS call costs more than the arithmetic; every inner loop runs over
+    the block's contiguous rows and vectorizes. Inputs 2 and 3 (``d = 2`` with or without
+    t) take one fused pass per output unit.
+    """
+    n_out, n_in = W.shape
+    nb = x.shape[1]
+    for o in range(n_out):
+        row = out[o]
+        bo = b[o]
+        if n_in == 2:
+            w0, w1 = W[o, 0], W[o, 1]
+            x0, x1 = x[0], x[1]
+            for i in range(nb):
+                row[i] = bo + w0 * x0[i] + w1 * x1[i]
+        elif n_in == 3:
+            w0, w1, w2 = W[o, 0], W[o, 1], W[o, 2]
+            x0, x1, x2 = x[0], x[1], x[2]
+            for i in range(nb):
+                row[i] = bo + w0 * x0[i] + w1 * x1[i] + w2 * x2[i]
+        else:
+            for i in range(nb):
+                row[i] = bo
+            for m in range(n_in):
+                w = W[o, m]
+                xm = x[m]
+                for i in range(nb):
+                    row[i] += w * xm[i]
+
+
+@njit(cache=True)
+def _affine_vjp(W, x, g, gW, gb, gx):
+    """Backward of :func:`_affine` for the block gradient ``g`` (n_out, nb) of its output.
+
+    ``gW += g @ x.T``, ``gb += g.sum(1)`` (accumulated over blocks) and ``gx = W.T @ g``.
+    """
+    n_out, n_in = W.shape
+    nb = x.shape[1]
+    for o in range(n_out):
+        go = g[o]
+        gb[o] += _sum(go, nb)
+        for m in range(n_in):
+            gW[o, m] += _dot(go, x[m], nb)
+    for m in range(n_in):
+        row = gx[m]
+        for i in range(nb):
+            row[i] = 0.0
+        for o in range(n_out):
+            w = W[o, m]
+            go = g[o]
+            for i in range(nb):
+                row[i] += w * go[i]
+
+
+@njit(cache=True)
+def _act_offsets(arch, L, block):
+    """Offsets in the activation workspace of each layer input ``x_0 .. x_{L-1}`` and its size."""
+    offs = np.empty(L + 1, dtype=np.int64)
+    offs[0] = 0
+    for l in range(L):
+        offs[l + 1] = offs[l] + arch[_ARCH_HEAD + l] * block
+    return offs
+
+
+@njit(cache=True)
+def _max_width(arch, L):
+    w = 0
+    for l in range(L + 1):
+        w = max(w, arch[_ARCH_HEAD + l])
+    return w
 
 
 @njit(cache=True)
 def mlp_f(t, y, theta, arch):
-    """The MLP vector field: ``y`` (batch*d,) -> dy (batch*d,)."""
-    kind, L = arch[2], arch[3]
-    x = _input(t, y, arch)
-    off = 0
-    for l in range(L):
-        n_in, n_out = arch[_ARCH_HEAD + l], arch[_ARCH_HEAD + l + 1]
-        W = theta[off:off + n_out * n_in].reshape(n_out, n_in)
-        b = theta[off + n_out * n_in:off + n_out * n_in + n_out]
-        off += n_out * n_in + n_out
-        pre = x @ W.T + b
-        x = _act(pre, kind) if l < L - 1 else pre
-    return x.ravel()
+    """The MLP vector field: ``y`` (batch*d,) -> dy (batch*d,).
+
+    Runs block by block over the batch (``_BLOCK`` rows), each layer's affine map and
+    activation written into a workspace allocated once per call.
+    """
+    d, time_input, kind, L = arch[0], arch[1], arch[2], arch[3]
+    B = y.shape[0] // d
+    width = _max_width(arch, L)
+    buf = np.empty(2 * width * _BLOCK)
+    half = width * _BLOCK
+    out = np.empty(B * d)
+    for r0 in range(0, B, _BLOCK):
+        nb = min(_BLOCK, B - r0)
+        x = _block(buf, 0, arch[_ARCH_HEAD], nb)
+        _load_rows(t, y, d, time_input, r0, nb, x)
+        cur = 0
+        for l in range(L):
+            W, b = _layer(theta, arch, l)
+            nxt = half - cur
+            h = _block(buf, nxt, arch[_ARCH_HEAD + l + 1], nb)
+            _affine(W, b, x, h)
+            if l < L - 1:
+                _act_inplace(h.ravel(), h.size, kind)
+            x, cur = h, nxt
+        _store_rows(x, d, r0, nb, out)
+    return out
 
 
 @njit(cache=True)
 def mlp_vjp(t, y, theta, a, arch):
     """``(f, a^T df/dy, a^T df/dtheta, a^T df/dt)`` of :func:`mlp_f`, by hand.
 
-    Forward keeps each layer's input ``x_l`` and pre-activation; backward walks the
-    layers in reverse: ``g <- g * act'(pre)``, ``dW = g^T x_l``, ``db = sum_rows g``,
-    ``g <- g W``.
+    Block by block over the batch: the forward keeps each layer's input ``x_l`` (the
+    activations, from which ``act'`` is computed); backward walks the layers in reverse:
+    ``dW += g x_l^T``, ``db += sum_rows g``, ``g <- W^T g``, then ``g <- g * act'``.
+    Parameter gradients accumulate over blocks.
     """
     d, time_input, kind, L = arch[0], arch[1], arch[2], arch[3]
-    x = _input(t, y, arch)
-    xs = [x]
-    pres = [x]
-    offs = np.zeros(L + 1, dtype=np.int64)
-    for l in range(L):
-        n_in, n_out = arch[_ARCH_HEAD + l], arch[_ARCH_HEAD + l + 1]
-        W = theta[offs[l]:offs[l] + n_out * n_in].reshape(n_out, n_in)
-        b = theta[offs[l] + n_out * n_in:offs[l] + n_out * n_in + n_out]
-        offs[l + 1] = offs[l] + n_out * n_in + n_out
-        pre = x @ W.T + b
-        pres.append(pre)
-        x = _act(pre, kind) if l < L - 1 else pre
-        xs.append(x)
-    out = xs[L].ravel().copy()
     B = y.shape[0] // d
-    g = a.reshape(B, d).copy()
+    width = _max_width(arch, L)
+    aoff = _act_offsets(arch, L, _BLOCK)
+    acts = np.empty(aoff[L])
+    gbuf = np.empty(2 * width * _BLOCK)
+    half = width * _BLOCK
+    out = np.empty(B * d)
+    g_y = np.empty(B * d)
     g_theta = np.zeros_like(theta)
-    for l in range(L - 1, -1, -1):
-        n_in, n_out = arch[_ARCH_HEAD + l], arch[_ARCH_HEAD + l + 1]
-        if l < L - 1:
-            g = g * _act_grad(pres[l + 1], xs[l + 1], kind)
-        W = theta[offs[l]:offs[l] + n_out * n_in].reshape(n_out, n_in)
-        gW = g.T @ xs[l]
-        g_theta[offs[l]:offs[l] + n_out * n_in] = gW.ravel()
-        g_theta[offs[l] + n_out * n_in:offs[l + 1]] = g.sum(axis=0)
-        g = g @ W
-    g_y = g[:, :d].copy().ravel()
-    g_t = g[:, d].sum() if time_input else 0.0
+    g_t = 0.0
+    for r0 in range(0, B, _BLOCK):
+        nb = min(_BLOCK, B - r0)
+        x = _block(acts, 0, arch[_ARCH_HEAD], nb)
+        _load_rows(t, y, d, time_input, r0, nb, x)
+        for l in range(L):
+            W, b = _layer(theta, arch, l)
+            if l < L - 1:
+                h = _block(acts, aoff[l + 1], arch[_ARCH_HEAD + l + 1], nb)
+                _affine(W, b, x, h)
+                _act_inplace(h.ravel(), h.size, kind)
+                x = h
+            else:
+                h = _block(gbuf, 0, d, nb)
+                _affine(W, b, x, h)
+                _store_rows(h, d, r0, nb, out)
+        g = _block(gbuf, 0, d, nb)
+        _load_rows(0.0, a, d, 0, r0, nb, g)
+        cur = 0
+        off = theta.size
+        for l in range(L - 1, -1, -1):
+            W, _ = _layer(theta, arch, l)
+            n_out, n_in = W.shape
+            off -= n_out * n_in + n_out
+            gW = g_theta[off:off + n_out * n_in].reshape(n_out, n_in)
+            gb = g_theta[off + n_out * n_in:off + n_out * n_in + n_out]
+            x = _block(acts, aoff[l], n_in, nb)
+            nxt = half - cur
+            gx = _block(gbuf, nxt, n_in, nb)
+            _affine_vjp(W, x, g, gW, gb, gx)
+            if l > 0:
+                _act_grad_mul(gx.ravel(), x.ravel(), gx.size, kind)
+            g, cur = gx, nxt
+        _store_rows(g, d, r0, nb, g_y)
+        if time_input:
+            g_t += _sum(g[d], nb)
     return out, g_y, g_theta, g_t
 
 
