@@ -130,10 +130,7 @@ def run_workload(label, f_nb, f_py, y0, t1, args, budget):
             lambda: minimal_dopri5(f_nb, 0.0, t1, y0, args, RTOL, ATOL, 1e-3),
             lambda r: r)
     rows += peer_rows(f_py, y0, t1, args, ref, budget)
-    scipy_t = rows[0]["time"]
-    for r in rows:
-        r["ratio"] = scipy_t / r["time"]
-    return label, rows
+    return label, rows, ref
 
 
 def peer_rows(f_py, y0, t1, args, ref, budget):
@@ -173,6 +170,61 @@ def peer_rows(f_py, y0, t1, args, ref, budget):
                  "nfev": counter[0], "error": float(np.abs(out[-1].numpy() - ref).max()),
                  "first": first, "reps": reps})
     return rows
+
+
+def diffrax_rows(f_py, y0, t1, args, ref, budget):
+    """diffrax Dopri5 + PIDController(rtol, atol) under ``jax.jit``, float64, compile excluded.
+
+    Evaluations are counted as 6 per attempted step plus 2 (first derivative and the
+    initial-step estimate), which is what Dopri5 with FSAL spends.
+    """
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import diffrax
+        import jax.numpy as jnp
+    except Exception as exc:  # not installed, or a broken install: the table says so
+        PEER_NOTES.add(f"diffrax not measured ({type(exc).__name__}: {str(exc)[:80]})")
+        return []
+    field = _jax_field(f_py.__name__, jnp)
+    term = diffrax.ODETerm(lambda t, y, a: field(y, a))
+    controller = diffrax.PIDController(rtol=RTOL, atol=ATOL)
+
+    @jax.jit
+    def solve(y, a):
+        sol = diffrax.diffeqsolve(term, diffrax.Dopri5(), 0.0, t1, None, y, args=a,
+                                  stepsize_controller=controller, max_steps=100_000)
+        return sol.ys[-1], sol.stats["num_steps"]
+
+    yj = jnp.asarray(y0)
+    aj = tuple(jnp.asarray(a) for a in args)
+
+    def run():
+        return jax.block_until_ready(solve(yj, aj))
+
+    first = time.perf_counter()
+    y_end, steps = run()
+    first = time.perf_counter() - first
+    reps = repeats_for(median_time(run, 3), budget)
+    t = median_time(run, reps)
+    return [{"solver": f"diffrax {diffrax.__version__} Dopri5 (jax.jit, PID)", "time": t,
+             "nfev": 6 * int(steps) + 2, "error": float(np.abs(np.asarray(y_end) - ref).max()),
+             "first": first, "reps": reps}]
+
+
+def _jax_field(name, jnp):
+    """The benchmark's vector fields in jax.numpy, ``field(y, args)``."""
+    if name == "vdp_py":
+        return lambda y, a: jnp.stack([y[1], a[0] * (1 - y[0] ** 2) * y[1] - y[0]])
+    if name == "lorenz_py":
+        return lambda y, a: jnp.stack([a[0] * (y[1] - y[0]), y[0] * (a[1] - y[2]) - y[1],
+                                       y[0] * y[1] - a[2] * y[2]])
+
+    def batch(y, a):
+        n = a[0].shape[0]
+        x, v = y[:n], y[n:]
+        return jnp.concatenate([v, a[0] * (1 - x * x) * v - x])
+    return batch
 
 
 def _torch_field(f_py, y, targs):
@@ -231,12 +283,20 @@ def main(argv=None):
           "solves, compile excluded; errors are against SciPy DOP853 at rtol = atol = 1e-13.\n")
     results = []
     for wl in workloads(n_batch):
-        label, rows = run_workload(*wl, budget=budget)
-        results.append((label, rows))
+        results.append(run_workload(*wl, budget=budget))
+    # diffrax last: once JAX has run, its idle CPU threads slow NumPy's BLAS and torch many
+    # times over (SciPy's stacked RK45 went from 31 ms to 1.9 s), so no peer runs after it
+    for wl, (label, rows, ref) in zip(workloads(n_batch), results):
+        _, _, _, y0, t1, args = wl
+        rows += diffrax_rows(wl[2], y0, t1, args, ref, budget)
+        for r in rows:
+            r["ratio"] = rows[0]["time"] / r["time"]
+    results = [(label, rows) for label, rows, _ in results]
+    for label, rows in results:
         print(format_table(label, rows))
         print()
     for note in sorted(PEER_NOTES):
-        print(f"Note: {note}. diffrax not measured (JAX is not a dependency here).\n")
+        print(f"Note: {note}.\n")
     print("### Numba compile time (first call in this process; cache=True on disk)\n")
     for k, v in compile_times.items():
         print(f"- {k}: {v:.2f} s")

@@ -100,3 +100,32 @@ def test_numba_switch_off_and_forced_engine(monkeypatch):
     monkeypatch.delenv("NODEFORM_NUMBA")
     with pytest.raises(SolverArgumentError, match="not a 1-D float64 NumPy array"):
         nodeform.solve(quad_linear, np.ones((2, 2)), [0.0, 1.0], args=LIN, engine="numba")
+
+
+def test_user_tableau_runs_the_generic_loop_with_the_same_numbers():
+    """A copy of dopri5 goes through the array-driven loop; the built-in through the one
+    with its coefficients compiled in: both must give the reference's numbers exactly."""
+    from nodeform.ode import _numba_rk as nb
+    from nodeform.ode.api import _numba_plan
+    from nodeform.ode.tableaus import DOPRI5, ButcherTableau
+    mine = ButcherTableau("dopri5", c=DOPRI5.c, A=DOPRI5.A, b=DOPRI5.b, order=5,
+                          b_hat=DOPRI5.b_hat, err_order=4, P=DOPRI5.P)
+    assert _numba_plan(mine, "pi")[10] is nb.solve_adaptive
+    assert _numba_plan(DOPRI5, "pi")[10] is nb.solve_adaptive_dopri5
+    ts = np.linspace(0.0, 10.0, 11)
+    kw = dict(args=LIN, rtol=1e-7, atol=1e-9, trace=True)
+    a = nodeform.solve(quad_linear, Y0, ts, method=mine, engine="numba", **kw)
+    b = nodeform.solve(quad_linear, Y0, ts, method="dopri5", engine="numba", **kw)
+    r = nodeform.solve(quad_linear, Y0, ts, method="dopri5", engine="reference", **kw)
+    assert a.stats == b.stats == r.stats
+    np.testing.assert_array_equal(a.ys, b.ys)
+    np.testing.assert_array_equal(a.trace["error_ratio"], b.trace["error_ratio"])
+    np.testing.assert_allclose(a.ys, r.ys, rtol=1e-13, atol=1e-15)
+
+
+def test_error_norm_sums_in_numpys_pairwise_order():
+    from nodeform.ode._numba_rk import _pairwise_sum
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 127, 128, 129, 300, 1000, 20001):
+        x = rng.standard_normal(n) ** 2 * 10.0 ** rng.uniform(-5, 5, n)
+        assert _pairwise_sum(x, n) / n == np.mean(x)

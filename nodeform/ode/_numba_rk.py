@@ -8,8 +8,8 @@ NumPy float64 only, 1-D state, the stages live in a preallocated ``K`` of shape
 the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
 The vector field is an ``@numba.njit`` function ``f(t, y, *args)``; ``args`` is a
-tuple passed through unchanged. Each built-in method (:data:`~nodeform.ode.tableaus.METHODS`)
-has its own compiled loop whose step is straight-line code with the tableau's nonzero
+tuple passed through unchanged. Each built-in method
+(:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is straight-line code with the tableau's nonzero
 coefficients as literals (generated from the tableau at import, see :func:`_step_source`),
 so nothing is looked up or skipped at run time; a user-defined
 :class:`~nodeform.ode.tableaus.ButcherTableau` runs the generic loop, which reads the
