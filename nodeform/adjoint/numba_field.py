@@ -84,8 +84,9 @@ def _from_bits(typingctx, k):
 
 
 # error_model="numpy": no zero-division check on the division (its divisor is in (1, 2]),
-# a check whose raise path would keep the loop from vectorizing
-@njit(cache=True, error_model="numpy")
+# a check whose raise path would keep the loop from vectorizing;
+# fastmath "contract" only: lets mul + add become one FMA (rounded once, never less accurate)
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _tanh_inplace(x, n):
     """``x[:n] = tanh(x[:n])`` in one pass that LLVM vectorizes (x 1-D, contiguous).
 
@@ -251,6 +252,81 @@ def _affine(W, b, x, out):
                     row[i] += w * xm[i]
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _affine_vjp_few_in(W, x, g, gW, gb, gx):
+    """:func:`_affine_vjp` for 2 or 3 inputs (the first layer): one pass per output unit.
+
+    Each pass reads the unit's gradient row once and updates its bias and weight
+    gradients (sums, reordered over SIMD lanes as in :func:`_dot`) and the input
+    gradient rows ``gx`` (element by element, not reordered).
+    """
+    n_out, n_in = W.shape
+    nb = x.shape[1]
+    x0, x1, x2 = x[0], x[1], x[n_in - 1]
+    gx0, gx1, gx2 = gx[0], gx[1], gx[n_in - 1]
+    gx[:, :] = 0.0
+    for o in range(n_out):
+        go = g[o]
+        w0, w1, w2 = W[o, 0], W[o, 1], W[o, n_in - 1]
+        s, s0, s1, s2 = 0.0, 0.0, 0.0, 0.0
+        if n_in == 2:
+            for i in range(nb):
+                v = go[i]
+                s += v
+                s0 += v * x0[i]
+                s1 += v * x1[i]
+                gx0[i] += w0 * v
+                gx1[i] += w1 * v
+        else:
+            for i in range(nb):
+                v = go[i]
+                s += v
+                s0 += v * x0[i]
+                s1 += v * x1[i]
+                s2 += v * x2[i]
+                gx0[i] += w0 * v
+                gx1[i] += w1 * v
+                gx2[i] += w2 * v
+        gb[o] += s
+        gW[o, 0] += s0
+        gW[o, 1] += s1
+        if n_in == 3:
+            gW[o, 2] += s2
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _affine_vjp_two_out(W, x, g, gW, gb, gx, tanh_grad):
+    """:func:`_affine_vjp` for 2 outputs (the last layer of a planar field): one pass per input.
+
+    With ``tanh_grad`` the input gradient is also multiplied by ``1 - x^2`` in the same
+    pass (``x`` being tanh activations), which :func:`_act_grad_mul` would do otherwise.
+    """
+    n_out, n_in = W.shape
+    nb = x.shape[1]
+    g0, g1 = g[0], g[1]
+    gb[0] += _sum(g0, nb)
+    gb[1] += _sum(g1, nb)
+    for m in range(n_in):
+        xm = x[m]
+        row = gx[m]
+        w0, w1 = W[0, m], W[1, m]
+        s0, s1 = 0.0, 0.0
+        if tanh_grad:
+            for i in range(nb):
+                v = xm[i]
+                s0 += g0[i] * v
+                s1 += g1[i] * v
+                row[i] = (w0 * g0[i] + w1 * g1[i]) * (1.0 - v * v)
+        else:
+            for i in range(nb):
+                v = xm[i]
+                s0 += g0[i] * v
+                s1 += g1[i] * v
+                row[i] = w0 * g0[i] + w1 * g1[i]
+        gW[0, m] += s0
+        gW[1, m] += s1
+
+
 @njit(cache=True)
 def _affine_vjp(W, x, g, gW, gb, gx):
     """Backward of :func:`_affine` for the block gradient ``g`` (n_out, nb) of its output.
@@ -371,8 +447,15 @@ def mlp_vjp(t, y, theta, a, arch):
             x = _block(acts, aoff[l], n_in, nb)
             nxt = half - cur
             gx = _block(gbuf, nxt, n_in, nb)
-            _affine_vjp(W, x, g, gW, gb, gx)
-            if l > 0:
+            fused = False
+            if n_in == 2 or n_in == 3:
+                _affine_vjp_few_in(W, x, g, gW, gb, gx)
+            elif n_out == 2:
+                fused = l > 0 and kind == 0
+                _affine_vjp_two_out(W, x, g, gW, gb, gx, fused)
+            else:
+                _affine_vjp(W, x, g, gW, gb, gx)
+            if l > 0 and not fused:
                 _act_grad_mul(gx.ravel(), x.ravel(), gx.size, kind)
             g, cur = gx, nxt
         _store_rows(g, d, r0, nb, g_y)
