@@ -9,13 +9,13 @@ the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
 The vector field is an ``@numba.njit`` function ``f(t, y, *args)``; ``args`` is a
 tuple passed through unchanged. Each built-in method
-(:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is straight-line code with the tableau's nonzero
-coefficients as literals (generated from the tableau at import, see :func:`_step_source`),
+(:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is
+straight-line code with the tableau's nonzero coefficients as literals (generated from the tableau at import, see :func:`_step_source`),
 so nothing is looked up or skipped at run time; a user-defined
 :class:`~nodeform.ode.tableaus.ButcherTableau` runs the generic loop, which reads the
 tableau from arrays. Both share one body (:func:`_adaptive_body`, :func:`_fixed_body`) and
-add the same terms in the same order. ``f`` normally arrives as a function-pointer handle (see
-:mod:`nodeform.ode._fnptr`): the loop is then specialized per type of ``args`` only,
+add the same terms in the same order. ``f`` normally arrives as a function-pointer handle
+(see :mod:`nodeform.ode._fnptr`): the loop is then specialized per type of ``args`` only,
 and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
 through a pointer (it returns a non-contiguous or non-float64 array, say), the
 dispatcher itself is passed: the loop is specialized per ``f`` and recompiled in every
@@ -33,8 +33,8 @@ from numba import njit, types
 from numba.extending import overload
 
 
-__all__ = ["solve_adaptive", "solve_fixed", "ADAPTIVE_LOOPS", "FIXED_LOOPS", "ST_OK", "ST_MAX_STEPS", "ST_UNDERFLOW",
-           "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
+__all__ = ["solve_adaptive", "solve_fixed", "ADAPTIVE_LOOPS", "FIXED_LOOPS", "ST_OK",
+           "ST_MAX_STEPS", "ST_UNDERFLOW", "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
 
 from nodeform.ode._fnptr import field_function
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
