@@ -11,7 +11,8 @@ The vector field is an ``@numba.njit`` function ``f(t, y, *args)``; ``args`` is 
 tuple passed through unchanged. Each built-in method
 (:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is
 straight-line code with the tableau's nonzero coefficients as literals (generated from
-the tableau when first compiled, see :func:`_step_source`), so nothing is looked up or skipped at run time; a user-defined
+the tableau when first compiled, see :func:`_step_source`), so nothing is looked up or
+skipped at run time; a user-defined
 :class:`~nodeform.ode.tableaus.ButcherTableau` runs the generic loop, which reads the
 tableau from arrays. Both share one body (:func:`_adaptive_body`, :func:`_fixed_body`) and
 add the same terms in the same order. ``f`` normally arrives as a function-pointer handle
