@@ -58,6 +58,11 @@ _SHIFTER_BITS = 0x4338000000000000
 # of a 64-unit layer are 32 KiB, so a block's activations and gradients stay in L1/L2
 # while the block is worked on, instead of streaming the whole batch through memory per
 # layer as full-batch temporaries do.
+# The blocks are independent and could run on several threads (prange: 34 -> 19 us per
+# evaluation on 2 idle cores), but not robustly: a parallel region per evaluation stalls
+# for a scheduler time slice (measured 3 ms a call) whenever another process holds a
+# core, and cached parfor code loaded into a fresh process failed to link
+# ("Symbol not found: allocate_sched") with Numba 0.68. So the kernels are serial.
 _BLOCK = 64
 
 
@@ -370,33 +375,87 @@ def _max_width(arch, L):
 
 
 @njit(cache=True)
+def _f_block(t, y, theta, arch, r0, nb, buf, out):
+    """Rows ``r0 .. r0+nb`` of :func:`mlp_f` into ``out``; ``buf`` is the block's workspace."""
+    d, time_input, kind, L = arch[0], arch[1], arch[2], arch[3]
+    half = buf.size // 2
+    x = _block(buf, 0, arch[_ARCH_HEAD], nb)
+    _load_rows(t, y, d, time_input, r0, nb, x)
+    cur = 0
+    for l in range(L):
+        W, b = _layer(theta, arch, l)
+        nxt = half - cur
+        h = _block(buf, nxt, arch[_ARCH_HEAD + l + 1], nb)
+        _affine(W, b, x, h)
+        if l < L - 1:
+            _act_inplace(h.ravel(), h.size, kind)
+        x, cur = h, nxt
+    _store_rows(x, d, r0, nb, out)
+
+
+@njit(cache=True)
 def mlp_f(t, y, theta, arch):
     """The MLP vector field: ``y`` (batch*d,) -> dy (batch*d,).
 
     Runs block by block over the batch (``_BLOCK`` rows), each layer's affine map and
-    activation written into a workspace allocated once per call.
+    activation written into one workspace allocated per call. Single-threaded: see
+    ``_BLOCK`` for why the blocks are not spread over threads.
     """
-    d, time_input, kind, L = arch[0], arch[1], arch[2], arch[3]
+    d, L = arch[0], arch[3]
     B = y.shape[0] // d
-    width = _max_width(arch, L)
-    buf = np.empty(2 * width * _BLOCK)
-    half = width * _BLOCK
     out = np.empty(B * d)
+    buf = np.empty(2 * _max_width(arch, L) * _BLOCK)
     for r0 in range(0, B, _BLOCK):
-        nb = min(_BLOCK, B - r0)
-        x = _block(buf, 0, arch[_ARCH_HEAD], nb)
-        _load_rows(t, y, d, time_input, r0, nb, x)
-        cur = 0
-        for l in range(L):
-            W, b = _layer(theta, arch, l)
-            nxt = half - cur
-            h = _block(buf, nxt, arch[_ARCH_HEAD + l + 1], nb)
-            _affine(W, b, x, h)
-            if l < L - 1:
-                _act_inplace(h.ravel(), h.size, kind)
-            x, cur = h, nxt
-        _store_rows(x, d, r0, nb, out)
+        _f_block(t, y, theta, arch, r0, min(_BLOCK, B - r0), buf, out)
     return out
+
+
+@njit(cache=True)
+def _vjp_block(t, y, theta, a, arch, r0, nb, acts, aoff, gbuf, out, g_y, g_theta):
+    """Rows ``r0 .. r0+nb`` of :func:`mlp_vjp`: writes ``out``, ``g_y``, adds into
+    ``g_theta``, returns this block's part of ``a^T df/dt``. ``acts`` holds the layer
+    inputs (offsets ``aoff``), ``gbuf`` two gradient blocks."""
+    d, time_input, kind, L = arch[0], arch[1], arch[2], arch[3]
+    half = gbuf.size // 2
+    x = _block(acts, 0, arch[_ARCH_HEAD], nb)
+    _load_rows(t, y, d, time_input, r0, nb, x)
+    for l in range(L):
+        W, b = _layer(theta, arch, l)
+        if l < L - 1:
+            h = _block(acts, aoff[l + 1], arch[_ARCH_HEAD + l + 1], nb)
+            _affine(W, b, x, h)
+            _act_inplace(h.ravel(), h.size, kind)
+            x = h
+        else:
+            h = _block(gbuf, 0, d, nb)
+            _affine(W, b, x, h)
+            _store_rows(h, d, r0, nb, out)
+    g = _block(gbuf, 0, d, nb)
+    _load_rows(0.0, a, d, 0, r0, nb, g)
+    cur = 0
+    off = theta.size
+    for l in range(L - 1, -1, -1):
+        W, _ = _layer(theta, arch, l)
+        n_out, n_in = W.shape
+        off -= n_out * n_in + n_out
+        gW = g_theta[off:off + n_out * n_in].reshape(n_out, n_in)
+        gb = g_theta[off + n_out * n_in:off + n_out * n_in + n_out]
+        x = _block(acts, aoff[l], n_in, nb)
+        nxt = half - cur
+        gx = _block(gbuf, nxt, n_in, nb)
+        fused = False
+        if n_in == 2 or n_in == 3:
+            _affine_vjp_few_in(W, x, g, gW, gb, gx)
+        elif n_out == 2:
+            fused = l > 0 and kind == 0
+            _affine_vjp_two_out(W, x, g, gW, gb, gx, fused)
+        else:
+            _affine_vjp(W, x, g, gW, gb, gx)
+        if l > 0 and not fused:
+            _act_grad_mul(gx.ravel(), x.ravel(), gx.size, kind)
+        g, cur = gx, nxt
+    _store_rows(g, d, r0, nb, g_y)
+    return _sum(g[d], nb) if time_input else 0.0
 
 
 @njit(cache=True)
@@ -408,59 +467,18 @@ def mlp_vjp(t, y, theta, a, arch):
     ``dW += g x_l^T``, ``db += sum_rows g``, ``g <- W^T g``, then ``g <- g * act'``.
     Parameter gradients accumulate over blocks.
     """
-    d, time_input, kind, L = arch[0], arch[1], arch[2], arch[3]
+    d, L = arch[0], arch[3]
     B = y.shape[0] // d
-    width = _max_width(arch, L)
-    aoff = _act_offsets(arch, L, _BLOCK)
-    acts = np.empty(aoff[L])
-    gbuf = np.empty(2 * width * _BLOCK)
-    half = width * _BLOCK
     out = np.empty(B * d)
     g_y = np.empty(B * d)
     g_theta = np.zeros_like(theta)
     g_t = 0.0
+    aoff = _act_offsets(arch, L, _BLOCK)
+    acts = np.empty(aoff[L])
+    gbuf = np.empty(2 * _max_width(arch, L) * _BLOCK)
     for r0 in range(0, B, _BLOCK):
-        nb = min(_BLOCK, B - r0)
-        x = _block(acts, 0, arch[_ARCH_HEAD], nb)
-        _load_rows(t, y, d, time_input, r0, nb, x)
-        for l in range(L):
-            W, b = _layer(theta, arch, l)
-            if l < L - 1:
-                h = _block(acts, aoff[l + 1], arch[_ARCH_HEAD + l + 1], nb)
-                _affine(W, b, x, h)
-                _act_inplace(h.ravel(), h.size, kind)
-                x = h
-            else:
-                h = _block(gbuf, 0, d, nb)
-                _affine(W, b, x, h)
-                _store_rows(h, d, r0, nb, out)
-        g = _block(gbuf, 0, d, nb)
-        _load_rows(0.0, a, d, 0, r0, nb, g)
-        cur = 0
-        off = theta.size
-        for l in range(L - 1, -1, -1):
-            W, _ = _layer(theta, arch, l)
-            n_out, n_in = W.shape
-            off -= n_out * n_in + n_out
-            gW = g_theta[off:off + n_out * n_in].reshape(n_out, n_in)
-            gb = g_theta[off + n_out * n_in:off + n_out * n_in + n_out]
-            x = _block(acts, aoff[l], n_in, nb)
-            nxt = half - cur
-            gx = _block(gbuf, nxt, n_in, nb)
-            fused = False
-            if n_in == 2 or n_in == 3:
-                _affine_vjp_few_in(W, x, g, gW, gb, gx)
-            elif n_out == 2:
-                fused = l > 0 and kind == 0
-                _affine_vjp_two_out(W, x, g, gW, gb, gx, fused)
-            else:
-                _affine_vjp(W, x, g, gW, gb, gx)
-            if l > 0 and not fused:
-                _act_grad_mul(gx.ravel(), x.ravel(), gx.size, kind)
-            g, cur = gx, nxt
-        _store_rows(g, d, r0, nb, g_y)
-        if time_input:
-            g_t += _sum(g[d], nb)
+        g_t += _vjp_block(t, y, theta, a, arch, r0, min(_BLOCK, B - r0), acts, aoff, gbuf,
+                          out, g_y, g_theta)
     return out, g_y, g_theta, g_t
 
 
