@@ -158,6 +158,22 @@ def diffrax_runner(kind):
     return run
 
 
+def numba_eval_times(repeats, calls=500):
+    """Medians of one ``mlp_f`` and one ``mlp_vjp`` call (seconds) on the benchmark's field and state."""
+    from nodeform.adjoint.numba_field import mlp_f, mlp_vjp
+    W1, b1, W2, b2, z0 = problem()
+    field = nf.mlp_field(2, (H,), "tanh")
+    theta = np.concatenate([W1.ravel(), b1, W2.ravel(), b2])
+    y = z0.ravel().copy()
+    a = 2.0 * y
+    arch = field.args[0]
+    out = []
+    for fn in (lambda: mlp_f(0.0, y, theta, arch), lambda: mlp_vjp(0.0, y, theta, a, arch)):
+        fn()
+        out.append(median_time(lambda: [fn() for _ in range(calls)], repeats) / calls)
+    return out
+
+
 def peak_memory(mode, t1):
     run = nodeform_runner(mode, t1)
     tracemalloc.start()
@@ -209,6 +225,9 @@ def main(argv=None):
         ratio = f"{tdq[2] / t_all:.2f}x faster" if tdq else "n/a"
         print(f"| {name} | {1e3 * t_fwd:.1f} ms | {1e3 * t_all:.1f} ms | {ratio} | "
               f"{nfe[0]} / {nfe[1]} | {err:.1e} | {warm:.2f} s |")
+    t_f, t_vjp = numba_eval_times(args.repeats)
+    print(f"\nNumba MLP field, one evaluation at batch {B} (median of {args.repeats} x 500 calls): "
+          f"mlp_f {1e6 * t_f:.1f} us, mlp_vjp (f and its three VJPs) {1e6 * t_vjp:.1f} us")
     print("\nPeak memory of forward + gradient (tracemalloc, nodeform only):")
     print("| t1 | continuous adjoint | backprop through solver |")
     print("|---|---|---|")
