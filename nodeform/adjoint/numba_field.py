@@ -64,6 +64,10 @@ _SHIFTER_BITS = 0x4338000000000000
 # core, and cached parfor code loaded into a fresh process failed to link
 # ("Symbol not found: allocate_sched") with Numba 0.68. So the kernels are serial.
 _BLOCK = 64
+# A layer at least this wide both ways (a 64 x 64 hidden layer) goes through BLAS: its
+# products are then large enough per block (64^3 multiply-adds) for BLAS to beat the
+# loops, which suit the skinny input and output layers
+_BLAS_WIDTH = 8
 
 
 @intrinsic
@@ -224,6 +228,23 @@ def _store_rows(x, d, r0, nb, out):
 
 
 @njit(cache=True)
+def _affine_blas(W, b, x, out):
+    """:func:`_affine` by one BLAS product (kept apart so the loops' code stays as is)."""
+    out[:, :] = W @ x
+    for o in range(W.shape[0]):
+        out[o] += b[o]
+
+
+@njit(cache=True)
+def _affine_vjp_blas(W, x, g, gW, gb, gx):
+    """:func:`_affine_vjp` by BLAS products."""
+    gW += g @ x.T
+    gx[:, :] = W.T @ g
+    for o in range(W.shape[0]):
+        gb[o] += _sum(g[o], g.shape[1])
+
+
+@njit(cache=True)
 def _affine(W, b, x, out):
     """``out = W @ x + b[:, None]`` on a feature-major block (columns are batch rows).
 
@@ -234,6 +255,9 @@ def _affine(W, b, x, out):
     """
     n_out, n_in = W.shape
     nb = x.shape[1]
+    if min(n_in, n_out) >= _BLAS_WIDTH:
+        _affine_blas(W, b, x, out)
+        return
     for o in range(n_out):
         row = out[o]
         bo = b[o]
@@ -336,10 +360,14 @@ def _affine_vjp_two_out(W, x, g, gW, gb, gx, tanh_grad):
 def _affine_vjp(W, x, g, gW, gb, gx):
     """Backward of :func:`_affine` for the block gradient ``g`` (n_out, nb) of its output.
 
-    ``gW += g @ x.T``, ``gb += g.sum(1)`` (accumulated over blocks) and ``gx = W.T @ g``.
+    ``gW += g @ x.T``, ``gb += g.sum(1)`` (accumulated over blocks) and ``gx = W.T @ g``;
+    by BLAS for a layer at least ``_BLAS_WIDTH`` wide both ways.
     """
     n_out, n_in = W.shape
     nb = x.shape[1]
+    if min(n_in, n_out) >= _BLAS_WIDTH:
+        _affine_vjp_blas(W, x, g, gW, gb, gx)
+        return
     for o in range(n_out):
         go = g[o]
         gb[o] += _sum(go, nb)
