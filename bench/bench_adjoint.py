@@ -159,7 +159,7 @@ def diffrax_runner(kind):
 
 
 def numba_eval_times(repeats, calls=500):
-    """Medians of one ``mlp_f`` and one ``mlp_vjp`` call (seconds) on the benchmark's field and state."""
+    """Median seconds of one ``mlp_f`` and one ``mlp_vjp`` call on the benchmark's problem."""
     from nodeform.adjoint.numba_field import mlp_f, mlp_vjp
     W1, b1, W2, b2, z0 = problem()
     field = nf.mlp_field(2, (H,), "tanh")
