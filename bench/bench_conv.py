@@ -146,14 +146,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epoch", action="store_true", help="also time one epoch of the small CNN")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="call nodeform.nn.conv.keep_freed_memory() first (glibc keeps im2col buffers)")
     args = ap.parse_args(argv)
     _set_threads(args.threads)
     import numpy as np
-    if args.keep_freed_memory:
-        from nodeform.nn.conv import keep_freed_memory
-        print(f"keep_freed_memory applied: {keep_freed_memory()}", file=sys.stderr)
     try:
         import torch
         torch.set_num_threads(args.threads)
@@ -183,10 +178,12 @@ def main(argv=None):
         else:
             print(f"{label:70s} {a:8.3g}{unit:>2s} {b:8.3g}{unit:>2s} {a / b:6.2f}")
     import numpy
+    from nodeform import memory
     extra = f", torch {torch.__version__}" if have_torch else ""
     print(f"\nthreads={args.threads}, numpy {numpy.__version__}{extra}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
-          f"keep_freed_memory={args.keep_freed_memory}, medians of {args.repeats} interleaved runs")
+          f"malloc tuning (nodeform/memory.py, at import; NODEFORM_MALLOC_TUNING=0 turns it off): "
+          f"{memory.STATE['reason']}, medians of {args.repeats} interleaved runs")
 
 
 if __name__ == "__main__":
