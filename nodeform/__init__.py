@@ -24,9 +24,11 @@ from nodeform.gradcheck import gradcheck, GradcheckResult  # noqa: F401,E402
 from nodeform.ode import (BOSH3, DOPRI5, EULER, MIDPOINT, RK4, TSIT5,  # noqa: F401,E402
                           ButcherTableau, MaxStepsError, NonFiniteError, Solution,
                           SolverArgumentError, SolverError, StepSizeUnderflowError,
-                          VectorFieldError, odeint, solve)
-from nodeform import nn, optim, data  # noqa: F401,E402  (layers 6 and 8: issue 5)
+                          VectorFieldError, solve)
 
-# ---- gradients through a solve (nodeform/adjoint, issue 4): odeint on Tensors
-from nodeform.adjoint import SolveStats, mlp_field, NumbaField  # noqa: F401,E402
-from nodeform.adjoint import odeint  # noqa: F401,E402,F811  (array solves pass through to ode)
+# ---- gradients through a solve (nodeform/adjoint): odeint on Tensors and on arrays
+# (array solves pass straight through to nodeform.ode.odeint)
+from nodeform.adjoint import NumbaField, SolveStats, mlp_field, odeint  # noqa: F401,E402
+
+# ---- networks, optimizers, data (layers 6 and 8)
+from nodeform import nn, optim, data  # noqa: F401,E402
