@@ -31,3 +31,15 @@ def test_cli_lists_and_rejects_unknown_chapter():
 
 def test_chapters_are_importable_names():
     assert CHAPTERS and all(p.stem[:2] == "ch" and p.stem[2:4].isdigit() for p in CHAPTERS)
+
+
+def test_doctor_reports_versions_and_backends():
+    proc = subprocess.run([sys.executable, "-m", "nodeform", "doctor"], capture_output=True,
+                          text=True, check=True)
+    out = proc.stdout
+    for name in ("numpy", "scipy", "numba", "cupy"):
+        assert f"\n{name}" in out
+    cupy_line = [ln for ln in out.splitlines() if ln.strip().startswith("cupy ") and "ok" in ln
+                 or "not usable" in ln or "not installed" in ln or "no GPU" in ln]
+    assert cupy_line, out
+    assert "malloc tuning" in out
