@@ -297,6 +297,41 @@ for ax in axes[1:]:
 savefig(fig, "ch03_spiral")
 
 # %% [markdown]
+# ## 7. The same adjoint, compiled
+#
+# Each backward evaluation above runs a small autodiff graph in Python. For the common
+# case of an MLP vector field, `nf.mlp_field` gives the pair $(f, \text{VJP of } f)$ as
+# Numba functions over one flat parameter vector $\theta$, with the VJPs derived by hand
+# layer by layer: $g \leftarrow g \odot \tanh'$, $\partial W = g^\top x$,
+# $\partial b = \sum_\text{rows} g$, $g \leftarrow g W$. Then the forward solve *and* the
+# adjoint solve run inside the compiled loop of chapter 2. Same algorithm, same numbers:
+
+# %%
+field = nf.mlp_field(2, (64,), "tanh")                     # theta: W1 (64,2), b1, W2 (2,64), b2
+theta0 = field.init_theta(np.random.default_rng(3), scale=2.0)
+Z0 = np.random.default_rng(4).standard_normal((512, 2))     # a batch of 512 states
+
+
+def forward_and_gradient(func_for):
+    theta = nf.Tensor(theta0, requires_grad=True)
+    zs = nf.odeint(func_for(theta), nf.Tensor(Z0), [0.0, 1.0], params=theta, rtol=1e-6, atol=1e-8)
+    (zs[-1] ** 2.0).sum().backward()
+    return theta.grad.data
+
+
+timings = {}
+for name, func_for in (("autodiff (NumPy)", field.reference), ("compiled (Numba)", lambda th: field)):
+    forward_and_gradient(func_for)                          # warm-up (Numba: load or compile)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        g = forward_and_gradient(func_for)
+    timings[name] = ((time.perf_counter() - t0) / 3, g)
+(t_ref, g_ref), (t_nb, g_nb) = timings.values()
+print(f"forward + gradient: autodiff {1e3 * t_ref:.1f} ms, compiled {1e3 * t_nb:.1f} ms "
+      f"({t_ref / t_nb:.1f}x); gradients agree to {np.abs(g_nb - g_ref).max() / np.abs(g_ref).max():.1e}")
+assert np.allclose(g_nb, g_ref, rtol=1e-9, atol=1e-9 * np.abs(g_ref).max())
+
+# %% [markdown]
 # ## Summary
 #
 # * The adjoint $a(t) = \partial L/\partial z(t)$ obeys $\dot a = -a^\top\partial f/\partial z$,
@@ -307,6 +342,7 @@ savefig(fig, "ch03_spiral")
 #   differences.
 # * The adjoint's memory does not grow with the number of steps; backprop's does.
 # * With it, a 50-unit MLP learns the spiral's dynamics from short windows.
+# * For MLP vector fields, hand-derived VJPs let both solves run compiled (`nf.mlp_field`).
 #
 # ## Exercises
 #
