@@ -129,3 +129,37 @@ def test_error_norm_sums_in_numpys_pairwise_order():
     for n in (1, 7, 8, 9, 127, 128, 129, 300, 1000, 20001):
         x = rng.standard_normal(n) ** 2 * 10.0 ** rng.uniform(-5, 5, n)
         assert _pairwise_sum(x, n) / n == np.mean(x)
+
+
+@njit(cache=True)
+def aliasing_field(t, y, A, buf, mode):
+    """mode 0: A y written into ``buf`` (an argument, overwritten by every call) and
+    ``buf`` returned; mode 1: dy/dt = y by returning the input array itself."""
+    if mode == 1:
+        return y
+    for i in range(y.shape[0]):
+        acc = 0.0
+        for j in range(y.shape[0]):
+            acc += A[i, j] * y[j]
+        buf[i] = acc
+    return buf
+
+
+@pytest.mark.parametrize("method,kw", [("dopri5", {"rtol": 1e-7, "atol": 1e-9}),
+                                       ("rk4", {"step_size": 0.05})])
+def test_numba_fields_returning_aliased_arrays(method, kw):
+    """The loops read each result of f before calling f again: a field that returns an
+    argument buffer it overwrites, or its own input, gives the numbers of a fresh array."""
+    ts = np.linspace(0.0, 2.0, 5)
+    buf = np.empty_like(Y0)
+    a = nodeform.solve(aliasing_field, Y0, ts, args=(M, buf, 0), method=method,
+                       engine="numba", **kw)
+    r = nodeform.solve(quad_linear, Y0, ts, args=LIN, method=method, engine="reference", **kw)
+    assert a.stats == r.stats
+    np.testing.assert_allclose(a.ys, r.ys, rtol=1e-13, atol=1e-15)
+    eye = (np.eye(Y0.shape[0]), 0.0)
+    a = nodeform.solve(aliasing_field, Y0, ts, args=(M, buf, 1), method=method,
+                       engine="numba", **kw)
+    r = nodeform.solve(quad_linear, Y0, ts, args=eye, method=method, engine="reference", **kw)
+    assert a.stats == r.stats
+    np.testing.assert_allclose(a.ys, r.ys, rtol=1e-13, atol=1e-15)

@@ -350,17 +350,28 @@ def _step_source(tab, what):
     out, and each sum runs left to right, as :func:`nodeform.ode.rk.weighted_sum` does.
     """
     if what == "stages":
+        # f's result for stage i is not copied into K[i] on its own: the pass that builds
+        # stage i+1's state reads it once, stores it in K[i] and uses it in the sum (``o``
+        # is consumed before f runs again, so it may be any array, even f's input).
         lines = ["def impl(tag, f, args, t, y, h, A, c, K, y_stage, acc):",
                  "    n = y.shape[0]"]
         for i in range(1, tab.n_stages):
             terms = tab.A_terms[i]
             lines.append("    for m in range(n):")
+            if i > 1:
+                lines.append(f"        o_m = o[m]")
+                lines.append(f"        K[{i - 1}, m] = o_m")
+            expr = " + ".join((f"o_m * {w!r}" if j == i - 1 and i > 1 else f"K[{j}, m] * {w!r}")
+                              for j, w in terms)
             if terms:
-                lines.append(f"        y_stage[m] = y[m] + ({_terms_expr(terms)}) * h")
+                lines.append(f"        y_stage[m] = y[m] + ({expr}) * h")
             else:
                 lines.append("        y_stage[m] = y[m]")
-            lines.append(f"    if not _eval(f, t + {tab.c_list[i]!r} * h, y_stage, args, K, {i}):")
+            lines.append(f"    o = f(t + {tab.c_list[i]!r} * h, y_stage, *args)")
+            lines.append("    if o.shape[0] != n:")
             lines.append("        return False")
+        lines.append("    for m in range(n):")
+        lines.append(f"        K[{tab.n_stages - 1}, m] = o[m]")
         lines.append("    return True")
     elif what == "combine":
         lines = ["def impl(tag, y, K, b, h, out, acc):",
