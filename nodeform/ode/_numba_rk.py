@@ -115,9 +115,16 @@ def _weighted(K, w, upto, acc):
 
 
 @njit(cache=True, inline="always")
-def _stages(f, args, t, y, h, A, c, K, y_stage, acc):
-    """Stages 1..s-1 into K (K[0] must hold f(t, y)); y_stage ends as the last stage's state."""
+def _stages(f, args, t, y, h, A, c, K, y_stage, acc, shift):
+    """Stages 1..s-1 into K; y_stage ends as the last stage's state.
+
+    K[0] must hold f(t, y), or, with ``shift``, K[s-1] does (FSAL) and is copied first.
+    Returns ``K[s-1]``, or an empty array when f returned a wrong length.
+    """
     s, n = K.shape
+    if shift:
+        for m in range(n):
+            K[0, m] = K[s - 1, m]
     for i in range(1, s):
         if _weighted(K, A[i], i, acc):
             for m in range(n):
@@ -126,8 +133,8 @@ def _stages(f, args, t, y, h, A, c, K, y_stage, acc):
             for m in range(n):
                 y_stage[m] = y[m]
         if not _eval(f, t + c[i] * h, y_stage, args, K, i):
-            return False
-    return True
+            return acc[:0]
+    return K[s - 1]
 
 
 @njit(cache=True, inline="always")
@@ -307,14 +314,29 @@ def _rms_of_squares(sq, n):
 
 
 # ----------------------------------------------------------------------------- the step
-# Three step operations, each a stub whose compiled version depends on a literal ``tag``:
+# Four step operations, each a stub whose compiled version depends on a literal ``tag``:
 # a built-in method's name selects straight-line code generated from its tableau, any
 # other tag the generic array-driven code above. In Python (NUMBA_DISABLE_JIT=1) the stubs
 # run the generic code, which gives the same numbers.
+#
+# To save passes over the state, the generated code moves data inside the passes that
+# read it anyway: the FSAL copy K[0] = K[s-1] happens in the first stage's pass of the
+# next step (``shift``), each stage's f result is stored in K in the next stage's pass,
+# and for an FSAL method the last result is stored by the error-ratio pass (the stages
+# return it as ``o``; a loop without that pass calls :func:`_step_store_last`).
 
-def _step_stages(tag, f, args, t, y, h, A, c, K, y_stage, acc):
-    """Stages 1..s-1 into K (K[0] holds f(t, y)); False when f returned a wrong length."""
-    return _stages(f, args, t, y, h, A, c, K, y_stage, acc)
+def _step_stages(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
+    """Stages 1..s-1 into K (K[0] holds f(t, y), or K[s-1] does with ``shift``).
+
+    Returns ``o``, f's result for the last stage: stored in ``K[s-1]`` already, except
+    for a generated FSAL method (see above); wrong length when f returned one.
+    """
+    return _stages(f, args, t, y, h, A, c, K, y_stage, acc, shift)
+
+
+def _step_store_last(tag, K, o):
+    """``K[s-1] = o`` where the stages left it to the next pass (generated FSAL methods)."""
+    pass
 
 
 def _step_combine(tag, y, K, b, h, out, acc):
@@ -322,8 +344,11 @@ def _step_combine(tag, y, K, b, h, out, acc):
     _combine(y, K, b, h, out, acc)
 
 
-def _step_ratio(tag, K, e, h, y, y_new, rtol, atol, acc, sq):
-    """The scaled RMS error ratio of the step (controller.error_ratio); ``sq`` is scratch."""
+def _step_ratio(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):
+    """The scaled RMS error ratio of the step (controller.error_ratio); ``sq`` is scratch.
+
+    ``o`` is the last stage's f result, stored in K[s-1] here when the stages did not.
+    """
     return _generic_ratio(K, e, h, y, y_new, rtol, atol, acc, sq)
 
 
@@ -349,42 +374,75 @@ def _step_source(tab, what):
     Every coefficient is written with ``repr`` (exact round trip), zero weights are left
     out, and each sum runs left to right, as :func:`nodeform.ode.rk.weighted_sum` does.
     """
+    s = tab.n_stages
+    last = s - 1
     if what == "stages":
         # f's result for stage i is not copied into K[i] on its own: the pass that builds
-        # stage i+1's state reads it once, stores it in K[i] and uses it in the sum (``o``
-        # is consumed before f runs again, so it may be any array, even f's input).
-        lines = ["def impl(tag, f, args, t, y, h, A, c, K, y_stage, acc):",
+        # stage i+1's state reads it once as ``o``, stores it in K[i] and uses it in the
+        # sum (``o`` is consumed before f runs again, so it may be any array, even f's
+        # input). With ``shift`` the first pass also copies K[s-1] into K[0] (FSAL).
+        lines = ["def impl(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):",
                  "    n = y.shape[0]"]
-        for i in range(1, tab.n_stages):
+        for i in range(1, s):
             terms = tab.A_terms[i]
-            lines.append("    for m in range(n):")
-            if i > 1:
-                lines.append(f"        o_m = o[m]")
-                lines.append(f"        K[{i - 1}, m] = o_m")
-            expr = " + ".join((f"o_m * {w!r}" if j == i - 1 and i > 1 else f"K[{j}, m] * {w!r}")
-                              for j, w in terms)
-            if terms:
-                lines.append(f"        y_stage[m] = y[m] + ({expr}) * h")
-            else:
-                lines.append("        y_stage[m] = y[m]")
+            variants = [("    ", None)]
+            if i == 1:  # with and without the FSAL shift
+                lines.append("    if shift:")
+                variants = [("        ", "shift"), ("    ", None)]
+            for ind, kind in variants:
+                if i == 1 and kind is None:
+                    lines.append("    else:")
+                    ind = "        "
+                lines.append(f"{ind}for m in range(n):")
+                fresh = None  # (stage index, local name) read once in this pass
+                if kind == "shift":
+                    lines.append(f"{ind}    o_m = K[{last}, m]")
+                    lines.append(f"{ind}    K[0, m] = o_m")
+                    fresh = 0
+                elif i > 1:
+                    lines.append(f"{ind}    o_m = o[m]")
+                    lines.append(f"{ind}    K[{i - 1}, m] = o_m")
+                    fresh = i - 1
+                if terms:
+                    expr = " + ".join((f"o_m * {w!r}" if j == fresh else f"K[{j}, m] * {w!r}")
+                                      for j, w in terms)
+                    lines.append(f"{ind}    y_stage[m] = y[m] + ({expr}) * h")
+                else:
+                    lines.append(f"{ind}    y_stage[m] = y[m]")
             lines.append(f"    o = f(t + {tab.c_list[i]!r} * h, y_stage, *args)")
             lines.append("    if o.shape[0] != n:")
-            lines.append("        return False")
-        lines.append("    for m in range(n):")
-        lines.append(f"        K[{tab.n_stages - 1}, m] = o[m]")
-        lines.append("    return True")
+            lines.append("        return o")
+        if not tab.fsal:  # an FSAL method's error-ratio pass stores it (or _step_store_last)
+            lines.append("    for m in range(n):")
+            lines.append(f"        K[{last}, m] = o[m]")
+        lines.append("    return o")
+    elif what == "store_last":
+        lines = ["def impl(tag, K, o):"]
+        if tab.fsal:
+            lines += ["    for m in range(o.shape[0]):",
+                      f"        K[{last}, m] = o[m]"]
+        else:
+            lines.append("    pass")
     elif what == "combine":
         lines = ["def impl(tag, y, K, b, h, out, acc):",
                  "    for m in range(y.shape[0]):",
                  f"        out[m] = y[m] + ({_terms_expr(tab.b_terms)}) * h"]
     else:
-        lines = ["def impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq):",
+        lines = ["def impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):",
                  "    n = y.shape[0]",
-                 "    for m in range(n):",
-                 "        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
-                 f"        x = ({_terms_expr(tab.e_terms)}) * h / sc",
-                 "        sq[m] = x * x",
-                 "    return _rms_of_squares(sq, n)"]
+                 "    for m in range(n):"]
+        terms = tab.e_terms
+        if tab.fsal:
+            lines += ["        o_m = o[m]",
+                      f"        K[{last}, m] = o_m"]
+            expr = " + ".join((f"o_m * {w!r}" if j == last else f"K[{j}, m] * {w!r}")
+                              for j, w in terms)
+        else:
+            expr = _terms_expr(terms)
+        lines += ["        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
+                  f"        x = ({expr}) * h / sc",
+                  "        sq[m] = x * x",
+                  "    return _rms_of_squares(sq, n)"]
     return "\n".join(lines) + "\n"
 
 
@@ -407,10 +465,17 @@ def _generated(tag, what, generic):
 
 
 @overload(_step_stages, prefer_literal=True)
-def _step_stages_impl(tag, f, args, t, y, h, A, c, K, y_stage, acc):
-    def generic(tag, f, args, t, y, h, A, c, K, y_stage, acc):
-        return _stages(f, args, t, y, h, A, c, K, y_stage, acc)
+def _step_stages_impl(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
+    def generic(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
+        return _stages(f, args, t, y, h, A, c, K, y_stage, acc, shift)
     return _generated(tag, "stages", generic)
+
+
+@overload(_step_store_last, prefer_literal=True)
+def _step_store_last_impl(tag, K, o):
+    def generic(tag, K, o):
+        pass
+    return _generated(tag, "store_last", generic)
 
 
 @overload(_step_combine, prefer_literal=True)
@@ -421,8 +486,8 @@ def _step_combine_impl(tag, y, K, b, h, out, acc):
 
 
 @overload(_step_ratio, prefer_literal=True)
-def _step_ratio_impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq):
-    def generic(tag, K, e, h, y, y_new, rtol, atol, acc, sq):
+def _step_ratio_impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):
+    def generic(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):
         return _generic_ratio(K, e, h, y, y_new, rtol, atol, acc, sq)
     return _generated(tag, "ratio", generic)
 
@@ -497,6 +562,7 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
     h_abs = min(h_abs, max_step)
     prev_pow = 1.0  # ratio_prev ** beta with ratio_prev = 1 before the first step
     after_reject = False
+    shift = False  # the FSAL shift K[0] = K[s-1] is pending
     bad_stage = -1
     k = 1
     status = ST_OK
@@ -516,14 +582,16 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
         if direction * (t_new - t_stop) > 0:
             t_new = t_stop
         h = t_new - t
-        if not _step_stages(tag, f, args, t, y, h, A, c, K, y_new, wsum):
+        o = _step_stages(tag, f, args, t, y, h, A, c, K, y_new, wsum, shift)
+        shift = False
+        if o.shape[0] != n:
             status = ST_BAD_SHAPE
             break
         nfev += s - 1
         n_steps += 1
         if not fsal:
             _step_combine(tag, y, K, b, h, y_new, wsum)
-        ratio = _step_ratio(tag, K, e, h, y, y_new, rtol, atol, wsum, scratch)
+        ratio = _step_ratio(tag, K, e, h, y, y_new, rtol, atol, wsum, scratch, o)
         finite = np.isfinite(ratio)
         accepted = finite and ratio <= 1.0
         if trace:
@@ -559,9 +627,8 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
         t = t_new
         y, y_new = y_new, y  # the new state becomes y; the old buffer is reused
         if k < n_out:
-            if fsal:
-                for m in range(n):
-                    K[0, m] = K[s - 1, m]
+            if fsal:  # K[0] = K[s-1], done by the next step's first pass
+                shift = True
             else:
                 if not _eval(f, t, y, args, K, 0):
                     status = ST_BAD_SHAPE
@@ -687,9 +754,11 @@ def _fixed_body(tag, f, args, t_out, y0, A, b, c, fsal, counts):
         for i in range(nk):
             t = ta + i * hk
             h = t_out[k] - t if i == nk - 1 else hk
-            if not _step_stages(tag, f, args, t, y, h, A, c, K, y_new, wsum):
+            o = _step_stages(tag, f, args, t, y, h, A, c, K, y_new, wsum, False)
+            if o.shape[0] != n:
                 info[0] = ST_BAD_SHAPE
                 return ys, info, -1, tr
+            _step_store_last(tag, K, o)
             nfev += s - 1
             n_steps += 1
             if not fsal:
