@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 import tracemalloc
 
@@ -38,13 +37,7 @@ def problem():
     return W1, b1, W2, b2, z0
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _timing import median_time  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- nodeform

@@ -13,25 +13,18 @@ warm-up; the GPU is synchronized before each clock read):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 import nodeform as nf
 from nodeform.backend import cupy_status
 
+from _timing import median_time  # noqa: E402
+
 
 def timed(fn, repeats, sync):
-    fn()
-    out = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    fn()                                    # warm-up
+    return median_time(fn, repeats, sync)
 
 
 def neural_ode(xp, batch):

@@ -86,13 +86,7 @@ def workloads(n_batch):
 
 # ----------------------------------------------------------------------------- timing
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from _timing import median_time  # noqa: E402
 
 
 def repeats_for(seconds_per_call, budget):
