@@ -24,6 +24,10 @@ from nodeform.nn.serialize import TMP_MARK, fsync_folder, remove_stale_temporari
 from nodeform.train_errors import TrainingError
 
 
+#: What a failed append leaves behind (said in the error).
+_KEPT = "the lines written before are intact and a resume cuts the log back to the checkpoint"
+
+
 class LogWarning(UserWarning):
     """Something in a metrics log was dropped or repaired; the message says what."""
 
@@ -42,7 +46,7 @@ class MetricsLog:
         try:
             self._f = open(self.path, "ab")
         except OSError as exc:
-            raise write_error(self.path, exc, "metrics log (`log_path`)", TrainingError) from None
+            raise write_error(self.path, exc, "metrics log (`log_path`)", TrainingError, _KEPT) from None
 
     def write(self, record):
         """Append ``record`` (a JSON-able dict) as one line and flush it."""
@@ -50,7 +54,7 @@ class MetricsLog:
             self._f.write((json.dumps(record) + "\n").encode())
             self._f.flush()
         except OSError as exc:
-            raise write_error(self.path, exc, "metrics log (`log_path`)", TrainingError) from None
+            raise write_error(self.path, exc, "metrics log (`log_path`)", TrainingError, _KEPT) from None
 
     def sync(self):
         """Make everything written so far durable; returns the log's size in bytes (stored in checkpoints)."""
@@ -58,7 +62,7 @@ class MetricsLog:
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as exc:
-            raise write_error(self.path, exc, "metrics log (`log_path`)", TrainingError) from None
+            raise write_error(self.path, exc, "metrics log (`log_path`)", TrainingError, _KEPT) from None
         return self._f.tell()
 
     def close(self):

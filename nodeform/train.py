@@ -28,8 +28,9 @@ unwritable folders and a too-full disk are reported before the first step.
 preemption) are caught between steps: the first one lets the current step
 finish, writes the checkpoint and then raises ``KeyboardInterrupt`` (SIGINT) or
 ``SystemExit(143)`` (SIGTERM, so the process exits with the usual status); a
-second one stops at once. The handlers are installed only in the main thread and
-the previous ones are put back afterwards.
+second one stops at once (the previous checkpoint stays intact). The handlers are
+installed only in the main thread and the previous ones are put back before that
+last checkpoint is written, so a further signal then acts as it normally would.
 
 A loss function has the signature ``loss_fn(model, batch, rng)`` and returns a
 scalar Tensor, or ``(loss, metrics)`` with a dict of floats to show and log.
@@ -106,14 +107,19 @@ class _StopSignals:
 
 
 # ======================================================================== starting a run
-def _check_folders(model, optimizer, checkpoint_path, log_path):
-    """Fail before the first step if a checkpoint or the log could not be written (folders are created)."""
+def _check_folders(model, optimizer, checkpoint_path, log_path, keep):
+    """Fail before the first step if a checkpoint or the log could not be written (folders are created).
+
+    The free space asked for is what the checkpoints will take at their peak: ``keep``
+    versions plus the one being written, less the versions already there.
+    """
     if checkpoint_path is not None:
         state = [p.data for p in model.parameters()] + [b for _, b in model.named_buffers()]
         size = sum(int(a.nbytes) for a in state) * (1 + len(getattr(optimizer, "SLOTS", ())))
+        more = max(1, keep + 1 - len(existing_versions(checkpoint_path)))
         check_folder_writable(os.path.dirname(os.path.abspath(checkpoint_path)),
                               "checkpoint folder (`checkpoint_path`)", CheckpointError,
-                              need_bytes=size + CHECKPOINT_OVERHEAD_BYTES)
+                              need_bytes=more * (size + CHECKPOINT_OVERHEAD_BYTES))
     if log_path is not None:
         check_folder_writable(os.path.dirname(os.path.abspath(log_path)), "log folder (`log_path`)",
                               TrainingError)
@@ -247,7 +253,7 @@ def fit(model, optimizer, batches, loss_fn, steps, *, eval_fn=None, eval_every=0
     checkpoint_path = None if checkpoint_path is None else os.fspath(checkpoint_path)
     log_path = None if log_path is None else os.fspath(log_path)
     rng = np.random.default_rng(0) if rng is None else rng
-    _check_folders(model, optimizer, checkpoint_path, log_path)
+    _check_folders(model, optimizer, checkpoint_path, log_path, keep)
     step, extra, resumed = _start(model, optimizer, rng, batches, checkpoint_path, log_path, resume, overwrite)
     log = None
     if log_path is not None:
@@ -272,10 +278,14 @@ def fit(model, optimizer, batches, loss_fn, steps, *, eval_fn=None, eval_every=0
             res = {k: float(v) for k, v in eval_fn(model).items()}
         model.train()
         evals.append(dict(step=step, **res))
-        if log is not None and eval_step != step:
-            log.write(dict(step=step, **{f"eval_{k}": v for k, v in res.items()}))
+        if eval_step != step:           # a resumed finished run does not log its final evaluation twice
+            write_log(dict(step=step, **{f"eval_{k}": v for k, v in res.items()}))
         eval_step = step
         return res
+
+    def write_log(record):
+        if log is not None:
+            log.write(record)
 
     evals, metrics = [], {}
     bar = tqdm(total=steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
@@ -285,54 +295,53 @@ def fit(model, optimizer, batches, loss_fn, steps, *, eval_fn=None, eval_every=0
     stop = _StopSignals()
     try:
         with stop:
-            try:
-                while step < steps:
-                    # What the step is about to consume, so an exception inside it can be undone.
-                    before = (batches.state_dict() if hasattr(batches, "state_dict") else None,
-                              rng.bit_generator.state)
-                    phase = "compute"
-                    batch = batches.next()
-                    loss, metrics = _split(loss_fn(model, batch, rng))
-                    value = float(loss.item())
-                    if not math.isfinite(value):
-                        raise _nonfinite_loss(step + 1, value, checkpoint_path, saved_step)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    phase = "update"
-                    optimizer.step()
-                    step += 1
-                    phase = "between"
-                    metrics = dict(loss=value, **metrics)
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
-                    if log is not None and log_every and step % log_every == 0:
-                        log.write(dict(step=step, lr=optimizer.current_lr(),
-                                       time=round(time.perf_counter() - t0, 3), **metrics))
-                    if eval_fn is not None and eval_every and step % eval_every == 0 and step < steps:
-                        bar.set_postfix({**{k: f"{v:.4g}" for k, v in metrics.items()},
-                                         **{f"eval_{k}": f"{v:.4g}" for k, v in evaluate().items()}})
-                    if checkpoint_every and step % checkpoint_every == 0:
-                        phase = "saving"
-                        checkpoint()
-                        phase = "between"
-                    if stop.signum is not None:
-                        raise stop.exception()
-                bar.close()
-                if eval_fn is not None:
-                    evaluate()
-                phase = "saving"
-                checkpoint()
+            while step < steps:
+                # What the step is about to consume, so an exception inside it can be undone.
+                before = (batches.state_dict() if hasattr(batches, "state_dict") else None,
+                          rng.bit_generator.state)
+                phase = "compute"
+                batch = batches.next()
+                loss, metrics = _split(loss_fn(model, batch, rng))
+                value = float(loss.item())
+                if not math.isfinite(value):
+                    raise _nonfinite_loss(step + 1, value, checkpoint_path, saved_step)
+                optimizer.zero_grad()
+                loss.backward()
+                phase = "update"
+                optimizer.step()
+                step += 1
                 phase = "between"
-                if checkpoint_path is None and nonfinite_entries(model, optimizer):
-                    bad = nonfinite_entries(model, optimizer)
-                    raise NonFiniteParameterError(f"step {step}: NaN or infinity in {', '.join(bad[:5])}; "
-                                                  "lower the learning rate or check the data.", step, bad)
+                metrics = dict(loss=value, **metrics)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+                if log_every and step % log_every == 0:
+                    write_log(dict(step=step, lr=optimizer.current_lr(),
+                                   time=round(time.perf_counter() - t0, 3), **metrics))
+                if eval_fn is not None and eval_every and step % eval_every == 0 and step < steps:
+                    bar.set_postfix({**{k: f"{v:.4g}" for k, v in metrics.items()},
+                                     **{f"eval_{k}": f"{v:.4g}" for k, v in evaluate().items()}})
+                if checkpoint_every and step % checkpoint_every == 0:
+                    phase = "saving"
+                    checkpoint()
+                    phase = "between"
                 if stop.signum is not None:
                     raise stop.exception()
-            except (KeyboardInterrupt, SystemExit) as exc:
-                _on_interrupt(exc, stop.name(exc), phase, before, batches, rng, checkpoint, step,
-                              checkpoint_path, saved_step)
-                raise
+            bar.close()
+            if eval_fn is not None:
+                evaluate()
+            phase = "saving"
+            checkpoint()
+            phase = "between"
+            bad = nonfinite_entries(model, optimizer) if checkpoint_path is None else []
+            if bad:         # (with a checkpoint_path, save_checkpoint has just checked)
+                raise NonFiniteParameterError(f"step {step}: NaN or infinity in {', '.join(bad[:5])}; "
+                                              "lower the learning rate or check the data.", step, bad)
+            if stop.signum is not None:
+                raise stop.exception()
+    except (KeyboardInterrupt, SystemExit) as exc:
+        _on_interrupt(exc, stop.name(exc), phase, before, batches, rng, checkpoint, step,
+                      checkpoint_path, saved_step)
+        raise
     finally:
         bar.close()
         if log is not None:

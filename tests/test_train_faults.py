@@ -438,6 +438,8 @@ def test_a_read_only_checkpoint_folder_is_reported_before_the_first_step(tmp_pat
     afile.write_text("")
     with pytest.raises(nn.CheckpointError, match=r"afile/sub does not exist and could not be created"):
         train.fit(m, o, b, counting, 5, checkpoint_path=str(afile / "sub" / "ck.npz"), progress=False)
+    with pytest.raises(train.TrainingError, match=r"log folder \(`log_path`\) .*afile is a file, not a folder"):
+        train.fit(m, o, b, counting, 5, log_path=str(afile / "log.jsonl"), progress=False)
     assert calls == []
 
 
@@ -454,7 +456,7 @@ def test_a_full_disk_is_reported_first_and_mid_run_as_checkpoint_error(tmp_path,
     real_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10_000, 9_900, 100))
     ck = str(tmp_path / "ck.npz")
-    with pytest.raises(nn.CheckpointError, match=r"has 100 bytes free, but a file there needs about"):
+    with pytest.raises(nn.CheckpointError, match=r"has 100 bytes free, but the files to be written there need about"):
         _fit(str(tmp_path), 4, checkpoint_every=2)
     assert os.listdir(tmp_path) == []
     monkeypatch.setattr(shutil, "disk_usage", real_usage)

@@ -176,7 +176,7 @@ def fsync_folder(folder):
         os.close(fd)
 
 
-def write_error(path, exc, what="checkpoint", error=None):
+def write_error(path, exc, what="checkpoint", error=None, kept="the previous file there (if any) is intact"):
     """The error to raise when writing ``path`` failed with the OSError ``exc``: says why and what to do."""
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
@@ -187,8 +187,7 @@ def write_error(path, exc, what="checkpoint", error=None):
                "or choose another folder")
     else:
         why = f"{type(exc).__name__}: {exc}. Check the folder {folder}"
-    return (error or CheckpointError)(f"could not write the {what} {path}: {why}; the previous file "
-                                      "there (if any) is intact.")
+    return (error or CheckpointError)(f"could not write the {what} {path}: {why}; {kept}.")
 
 
 def check_folder_writable(folder, what, error=CheckpointError, need_bytes=0):
@@ -205,6 +204,8 @@ def check_folder_writable(folder, what, error=CheckpointError, need_bytes=0):
         Raise when the file system has less free space than this.
     """
     folder = os.path.abspath(os.fspath(folder))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise error(f"the {what} {folder} is a file, not a folder; choose another path. Nothing was run.")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
@@ -220,8 +221,8 @@ def check_folder_writable(folder, what, error=CheckpointError, need_bytes=0):
     if need_bytes:
         free = shutil.disk_usage(folder).free
         if free < need_bytes:
-            raise error(f"the {what} {folder} has {free:,} bytes free, but a file there needs about "
-                        f"{need_bytes:,}; free some space or choose another path. Nothing was run.")
+            raise error(f"the {what} {folder} has {free:,} bytes free, but the files to be written there "
+                        f"need about {need_bytes:,}; free some space or choose another path. Nothing was run.")
 
 
 # ======================================================================== writing
