@@ -297,6 +297,55 @@ def test_sigterm_checkpoints_like_ctrl_c_and_restores_the_handler(tmp_path, capf
     np.testing.assert_array_equal(_theta(m2), _theta(m1))
 
 
+def test_a_second_ctrl_c_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    ck = str(tmp_path / "ck.npz")
+    m, o, b, f = setup()
+    calls, saves = [], []
+
+    def first(model, batch, rng):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)         # Ctrl-C during step 5 ...
+        return f(model, batch, rng)
+    real_savez = np.savez
+
+    def savez(*a, **k):
+        saves.append(1)
+        if len(saves) == 5:
+            os.kill(os.getpid(), signal.SIGINT)         # ... and again while step 5 is being saved
+        return real_savez(*a, **k)
+    monkeypatch.setattr(np, "savez", savez)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(m, o, b, first, 16, checkpoint_path=ck, checkpoint_every=1, progress=False)
+    monkeypatch.undo()
+    assert "interrupted while writing the checkpoint; the last checkpoint (step 4) is intact" in \
+        capsys.readouterr().err
+    assert nn.load_arrays(ck)[1]["step"] == 4 and sorted(os.listdir(tmp_path)) == ["ck.1.npz", "ck.npz"]
+    m2, *_ = _fit(str(tmp_path), 16, resume=True)
+    m1, *_ = _fit(str(tmp_path / "ref"), 16)
+    np.testing.assert_array_equal(_theta(m2), _theta(m1))
+
+
+def test_a_crash_between_rotation_and_rename_resumes_from_the_kept_version(tmp_path, monkeypatch):
+    ck = str(tmp_path / "ck.npz")
+    import nodeform.nn.serialize as serialize
+    real_replace, renames = os.replace, []
+
+    def replace(src, dst):              # dies right before the new file takes its place
+        renames.append(src)
+        if ".tmp-" in os.path.basename(src) and len(renames) > 4:
+            raise Killed
+        return real_replace(src, dst)
+    monkeypatch.setattr(serialize.os, "replace", replace)
+    with pytest.raises(Killed):
+        _fit(str(tmp_path), 8, checkpoint_every=2)
+    monkeypatch.undo()
+    assert not os.path.exists(ck) and nn.load_arrays(older_path(ck, 1))[1]["step"] == 4
+    m2, *_ = _fit(str(tmp_path), 8, resume=True)
+    m1, *_ = _fit(str(tmp_path / "ref"), 8)
+    np.testing.assert_array_equal(_theta(m2), _theta(m1))
+
+
 # ------------------------------------------------------------------ items 5, 6, 8, 9: kills in a subprocess
 def _start_child(folder, steps):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
