@@ -112,8 +112,8 @@ def remove_stale_temporaries(path):
     Only files named ``.<name of path>.tmp-<pid>...`` in the folder of ``path`` are
     considered. On POSIX a writer holds an exclusive ``flock`` on its temporary
     until it renames it, and the kernel drops the lock when the writer dies, so
-    a temporary we can lock is an orphan. Without ``flock`` a temporary counts
-    as an orphan when its process id is not running.
+    a temporary we can lock is an orphan. Where ``flock`` is missing or refused
+    a temporary counts as an orphan when its process id is not running here.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -140,6 +140,10 @@ def remove_stale_temporaries(path):
             except BlockingIOError:      # a live writer holds it
                 os.close(fd)
                 continue
+            except OSError:              # no flock on this file system: judge by the process id
+                if _pid_alive(int(m.group(1))):
+                    os.close(fd)
+                    continue
             try:
                 os.remove(full)
                 removed.append(full)
@@ -148,6 +152,15 @@ def remove_stale_temporaries(path):
         except OSError:                  # vanished meanwhile, or not ours to delete: leave it
             continue
     return removed
+
+
+def _lock(fd):
+    """Hold an exclusive ``flock`` on ``fd`` where the file system offers one (best effort)."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:                  # e.g. ENOLCK on some network file systems; the pid still tells
+            pass
 
 
 def _umask():
@@ -274,8 +287,7 @@ def save_arrays(path, arrays, meta=None, *, keep=None):
         remove_stale_temporaries(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}-", dir=folder)
         with os.fdopen(fd, "wb") as f:
-            if fcntl is not None:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)    # "being written": see remove_stale_temporaries
+            _lock(f.fileno())                             # "being written": see remove_stale_temporaries
             if hasattr(os, "fchmod"):                     # mkstemp makes it 0600; give it a normal file's mode
                 os.fchmod(f.fileno(), 0o666 & ~_umask())
             np.savez(f, **arrays, **{META_KEY: blob})
