@@ -6,6 +6,8 @@
 * ``doctor`` prints the versions of Python, NumPy, Numba, SciPy, CuPy and which
   array backends really work here, and why not.
 * ``bench NAME`` runs ``bench/bench_NAME.py`` (solvers, adjoint, conv, ...).
+* ``classroom make|check|grade|lint|list`` builds the student copy and grades it
+  (see :mod:`nodeform.classroom`).
 """
 from __future__ import annotations
 
@@ -115,7 +117,13 @@ def main(argv=None):
     b = sub.add_parser("bench", help="run a benchmark from bench/")
     b.add_argument("name")
     b.add_argument("rest", nargs=argparse.REMAINDER)
+    c = sub.add_parser("classroom", help="student copy, exercise checks and grades",
+                       add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "classroom":
+        from nodeform.classroom import main as classroom_main
+        return classroom_main(args.rest)
     if args.command == "chapters":
         return run_chapters(args.names, args.quick)
     if args.command == "doctor":
