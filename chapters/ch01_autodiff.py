@@ -269,7 +269,8 @@ mine = gradients(loss_of(tanh, exp, tsum, W, b, c), [W, b, c])
 Wt, bt, ct = (nf.Tensor(v, requires_grad=True) for v in (W0, b0, c0))
 theirs = nf.gradients(loss_of(nf.tanh, nf.exp, nf.sum, Wt, bt, ct), [Wt, bt, ct])
 for name, m, t in zip("Wbc", mine, theirs):
-    print(f"dL/d{name}: shape {m.shape}, max |Tiny - nf.Tensor| = {np.abs(m.value - t.data).max():.1e}")
+    print(f"dL/d{name}: shape {m.shape}, "
+          f"max |Tiny - nf.Tensor| = {np.abs(m.value - t.data).max():.1e}")
 check("ch01.unbroadcast", [m.shape for m in mine] == [(3, 4), (4,), (5, 1)],
       "each cotangent has its input's shape after broadcasting is undone")
 check("ch01.tiny_first_order",
@@ -369,8 +370,8 @@ epsilons = np.logspace(-14, -1, 27 if QUICK else 105)
 errors = {}
 for dtype in (np.float64, np.float32):
     x = dtype(x0)
-    errors[dtype.__name__] = np.array([abs(float((s(x + dtype(e)) - s(x - dtype(e))) / (2 * dtype(e)))
-                                           - ds_exact) + 1e-18 for e in epsilons])
+    central = [float((s(x + dtype(e)) - s(x - dtype(e))) / (2 * dtype(e))) for e in epsilons]
+    errors[dtype.__name__] = np.abs(np.array(central) - ds_exact) + 1e-18
 best = epsilons[int(np.argmin(errors["float64"]))]
 eps_star = (3 * u * abs(s(x0)) / abs(s3)) ** (1 / 3)
 trunc = epsilons ** 2 / 6 * abs(s3)

@@ -535,7 +535,8 @@ for label, t in (("SciPy solve_ivp RK45", t_scipy), ("nodeform reference (Python
                  ("nodeform Numba twin", t_numba)):
     print(f"{label:28s} {t * 1e3:10.3f} {t_scipy / t:22.1f}x")
 print(f"measured here: the compiled loop is {t_scipy / t_numba:.0f}x faster than SciPy and "
-      f"{t_ref / t_numba:.0f}x faster than the reference loop (timings on a shared machine are noisy)")
+      f"{t_ref / t_numba:.0f}x faster than the reference loop (timings on a shared machine "
+      "are noisy)")
 
 fig, ax = plt.subplots(figsize=(6.5, 3))
 labels = ["SciPy RK45 (Python loop)", "nodeform reference (Python loop)", "nodeform Numba twin"]
