@@ -216,12 +216,13 @@ for ti in t_obs[1:]:
         ax.axvline(ti, color="0.8", lw=0.8, zorder=0)
 axes[0].set_xlabel("time t")
 axes[0].set_ylabel("state (first batch element)")
-axes[0].set_title("Forward solve and backward reconstruction")
+axes[0].set_title("z(t): forward, and reconstructed backwards")
 axes[1].set_xlabel("time t (the sweep runs right to left)")
 axes[1].set_ylabel("adjoint a(t) = dL/dz(t)")
-axes[1].set_title("The adjoint jumps by dL/dz(t_i) at each observation (grey)")
+axes[1].set_title("a(t): jumps by dL/dz(t_i) at each observation (grey)")
 for ax in axes:
     ax.legend(fontsize=8)
+fig.suptitle("The backward sweep, as in the paper's Fig. 2", y=1.02)
 savefig(fig, "ch03_adjoint_sweep")
 
 A_true = np.array([[-0.1, 2.0], [-2.0, -0.1]])
@@ -553,8 +554,8 @@ check("ch03.spiral_learns", np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]),
 
 fig, axes = plt.subplots(1, 4, figsize=(19, 4))
 axes[0].semilogy(losses, color="0.6", lw=0.6, label="batch L1 loss")
-axes[0].semilogy(np.convolve(losses, np.ones(20) / 20, mode="valid"), "k",
-                 label="mean of 20 iterations")
+axes[0].semilogy(np.arange(19, len(losses)), np.convolve(losses, np.ones(20) / 20, mode="valid"),
+                 "k", label="mean of the last 20 iterations")
 axes[0].set_xlabel("iteration")
 axes[0].set_ylabel("L1 loss on the batch of windows")
 axes[0].set_title("Training loss")
