@@ -597,7 +597,7 @@ savefig(fig, "ch03_spiral")
 # slow decay of the spiral) stays close — see the printed radius and phase errors. The
 # inner turns, where $|y|$ is small and $y^{\odot 3}$ tiny, are slow and poorly sampled
 # by short windows. Longer windows (or a curriculum that lengthens them) fix the phase
-# at a higher cost per iteration: try it in exercise ex3_5.
+# at a higher cost per iteration: try it in exercise ex3_6.
 
 # %% [markdown]
 # ## 9. The same adjoint, compiled
@@ -676,3 +676,6 @@ else:
 #    $[z, a]$ only (a "seminorm", Kidger et al. 2021). Count the backward evaluations.
 # 5. **ex3_5** Train the spiral with `adjoint="backprop"` and compare time per iteration
 #    and peak memory with the adjoint.
+# 6. **ex3_6** Train the spiral with windows of 40 points instead of 10 (same number of
+#    iterations) and compare the printed phase error at $t = 25$ and the time per
+#    iteration.
