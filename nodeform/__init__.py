@@ -30,5 +30,5 @@ from nodeform.ode import (BOSH3, DOPRI5, EULER, MIDPOINT, RK4, TSIT5,  # noqa: F
 # (array solves pass straight through to nodeform.ode.odeint)
 from nodeform.adjoint import NumbaField, SolveStats, mlp_field, odeint  # noqa: F401,E402
 
-# ---- networks, optimizers, data (layers 6 and 8)
+# ---- networks, optimizers, data
 from nodeform import nn, optim, data  # noqa: F401,E402

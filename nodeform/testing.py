@@ -154,3 +154,24 @@ def numerical_jacobian(fun, x, eps=1e-6):
         e = e.reshape(x.shape)
         cols.append((np.asarray(fun(x + e)) - np.asarray(fun(x - e))).ravel() / (2 * eps))
     return np.stack(cols, axis=1)
+
+
+def check(name, ok, detail=""):
+    """A chapter's "check yourself": print ``CHECK <name> passed`` or raise AssertionError.
+
+    The chapters close each section with one; ``tests/test_chapters.py`` reads the
+    ``CHECK ... passed`` lines of a quick run, so a check that stops passing (or stops
+    running) fails the test suite.
+
+    Parameters
+    ----------
+    name : str
+        Short id, e.g. ``"ch02.adaptive_loop_equals_solve"``.
+    ok : bool
+        The condition checked.
+    detail : str
+        What was compared and with which tolerance; printed either way.
+    """
+    if not bool(ok):
+        raise AssertionError(f"CHECK {name} FAILED: {detail}")
+    print(f"CHECK {name} passed" + (f" ({detail})" if detail else ""))

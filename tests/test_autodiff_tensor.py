@@ -188,6 +188,31 @@ def test_gradcheck_detects_wrong_second_order():
         PRIMITIVES.pop("test_leaky_cube")
 
 
+def _sinh_forward(x):
+    return np.sinh(x)
+
+
+def test_defprim_same_place_replaces_and_a_clash_is_refused():
+    # re-running a notebook cell registers the same name from the same function again: the
+    # new primitive replaces the old one (here with a corrected VJP), with no error
+    from nodeform.autodiff.primitive import PRIMITIVES
+    try:
+        wrong = nf.defprim("test_sinh", _sinh_forward, lambda g, ans, x: g * x)
+        right = nf.defprim("test_sinh", _sinh_forward,
+                           lambda g, ans, x: g * (nf.exp(x) + nf.exp(-x)) * 0.5)
+        assert PRIMITIVES["test_sinh"] is right and right is not wrong
+        x = nf.Tensor(np.array([0.3, -1.1]), requires_grad=True)
+        PRIMITIVES["test_sinh"](x).sum().backward()
+        np.testing.assert_allclose(x.grad.data, np.cosh([0.3, -1.1]), rtol=1e-14)
+        # the same name from another place (a built-in's forward is in nodeform) is refused
+        with pytest.raises(ValueError, match=r"a primitive called `tanh` is already registered "
+                                             r"\(from nodeform"):
+            nf.defprim("tanh", _sinh_forward, lambda g, ans, x: g)
+        assert PRIMITIVES["tanh"].forward.__module__.startswith("nodeform")
+    finally:
+        PRIMITIVES.pop("test_sinh", None)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(eps=0.0), "`eps` must be a positive number"),
     (dict(mode="fast"), "`mode` must be"),

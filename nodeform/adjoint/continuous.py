@@ -59,7 +59,8 @@ steps: the method's point. The price: the gradient is that of the *exact* flow,
 computed to the solver's tolerance, not the exact gradient of the numerical
 solution; it agrees with backprop through the solver to O(rtol), and its backward
 solve can be unstable where f is (see chapter 3). Use ``adjoint="backprop"`` for
-gradients exact for the discrete scheme.
+the derivative of the numerical solution itself (exact on a fixed grid; with adaptive
+steps, with the step sequence frozen).
 
 Derived and checked three ways in chapters/ch03_adjoint.py.
 """

@@ -9,7 +9,8 @@
   hand-derived adjoint of :mod:`nodeform.adjoint.continuous`. No graph is kept
   inside the solve; memory does not grow with the number of steps.
 * ``"backprop"``: the solver's own operations are recorded (:mod:`.backprop`);
-  exact for the discrete scheme, memory grows with the steps.
+  the exact derivative of the numerical solution on a fixed grid (with adaptive steps,
+  of the solution with its step sequence frozen); memory grows with the steps.
 * A :class:`~nodeform.adjoint.numba_field.NumbaField` (or ``(f, f_vjp)``) as ``func``
   runs forward and adjoint solves compiled (continuous adjoint only).
 """

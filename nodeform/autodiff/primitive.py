@@ -76,9 +76,24 @@ def defprim(name, forward, *vjps, vjp_i=None):
         One VJP maker per positional argument: ``vjp(g, ans, *args, **kw)``.
     vjp_i : callable, optional
         For variadic primitives: ``vjp_i(i, g, ans, *args, **kw)``.
+
+    Notes
+    -----
+    Registering a name again *from the same place* (the forward function has the same
+    module and qualified name as the registered one) replaces the old primitive: that is
+    what re-running a notebook cell does. A name registered from elsewhere (e.g. one of
+    the built-in primitives) is refused, so a clash never replaces a derivative silently.
     """
-    if name in PRIMITIVES:
-        raise ValueError(f"a primitive called `{name}` is already registered; pick another name.")
+    old = PRIMITIVES.get(name)
+    if old is not None and _origin(old.forward) != _origin(forward):
+        raise ValueError(f"a primitive called `{name}` is already registered (from "
+                         f"{'.'.join(_origin(old.forward))}); pick another name. Registering "
+                         "the same name again from the same cell or module replaces it.")
     prim = Primitive(name, forward, vjps, vjp_i)
     PRIMITIVES[name] = prim
     return prim
+
+
+def _origin(fn):
+    """``(module, qualified name)`` of a function: where a primitive was defined."""
+    return (str(getattr(fn, "__module__", None)), str(getattr(fn, "__qualname__", type(fn).__name__)))

@@ -1,6 +1,6 @@
 """Data: seeded, resumable batching; MNIST (embedded 5k subset or IDX files); augmentation.
 
-Layer 8 of the architecture. Nothing here fetches anything from the network.
+Nothing here fetches anything from the network.
 """
 from nodeform.data.batching import BatchIterator  # noqa: F401
 from nodeform.data.augment import random_crop, crop_transform  # noqa: F401

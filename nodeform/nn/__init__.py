@@ -1,6 +1,6 @@
 """Neural-network parts: modules, layers, convolution, normalization, losses, initializers.
 
-Layer 6 of the architecture. Everything is built from autodiff primitives (plus
+Everything here is built from autodiff primitives (plus
 the two convolution primitives of :mod:`nodeform.nn.conv`), so every layer can
 be gradient-checked and differentiated twice.
 """

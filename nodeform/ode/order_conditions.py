@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["order_conditions", "order_residuals"]
+__all__ = ["MAX_TABULATED_ORDER", "order_conditions", "order_residuals"]
+
+#: Trees up to this many nodes are tabulated below (17 conditions); order 6 would add 20.
+MAX_TABULATED_ORDER = 5
 
 
 def order_conditions(A, c):

@@ -17,8 +17,11 @@ Three identities make a tableau consistent, and :class:`ButcherTableau` checks
 them on construction, naming the one that fails: each row sum of ``A`` equals
 ``c`` (stage ``i`` samples ``f`` at time ``t + c_i h``), ``sum(b) = 1`` (order 1),
 and ``sum(e) = 0`` (the embedded solution is order >= 1 too, so the error
-estimate vanishes on ``y' = const``). The higher order conditions live in
-:mod:`nodeform.ode.order_conditions`.
+estimate vanishes on ``y' = const``). Then the claimed ``order`` (and ``err_order``
+of the embedded weights) is checked against every order condition up to it (one per
+rooted tree, :mod:`nodeform.ode.order_conditions`; tabulated up to order 5, so a
+claim above 5 is checked up to 5 only): a tableau that claims more than it has is
+refused with the name of the first condition it fails.
 
 *FSAL* ("first same as last"): when the last row of ``A`` equals ``b`` and
 ``c[-1] = 1``, the last stage is ``f(t + h, y_new)``, the first stage of the next
@@ -45,7 +48,11 @@ References
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
+
+from nodeform.ode.order_conditions import MAX_TABULATED_ORDER, order_conditions
 
 __all__ = ["ButcherTableau", "EULER", "MIDPOINT", "RK4", "BOSH3", "DOPRI5", "TSIT5",
            "METHODS", "get_tableau", "hermite_dense_matrix"]
@@ -54,6 +61,10 @@ __all__ = ["ButcherTableau", "EULER", "MIDPOINT", "RK4", "BOSH3", "DOPRI5", "TSI
 #: ~1e-16 and Tsitouras' are printed to 20+ digits; 1e-12 leaves room for that round-off
 #: and still catches any mistyped digit that matters.
 TABLEAU_TOL = 1e-12
+#: Tolerance of the order conditions. Products of up to five coefficients (Tsitouras'
+#: printed to ~20 digits) meet them to ~1e-15; a wrong coefficient misses by far more
+#: (a mistyped digit in the 4th decimal: ~1e-5), so 1e-10 separates the two.
+ORDER_TOL = 1e-10
 
 
 def _nonzero_terms(weights):
@@ -88,7 +99,8 @@ class ButcherTableau:
     ------
     ValueError
         Naming the broken identity (row sums, ``sum(b)``, ``sum(e)``, shapes,
-        explicitness, dense output at ``theta = 1``).
+        explicitness, dense output at ``theta = 1``) or the first order condition
+        (up to ``order``, or ``err_order`` for ``b_hat``) the weights fail.
     """
 
     def __init__(self, name, c, A, b, order, b_hat=None, err_order=None, P=None):
@@ -130,6 +142,9 @@ class ButcherTableau:
                 f"sum(`e`) = sum(b - b_hat) = {float(self.e.sum())!r}, not 0; the error weights must "
                 "sum to 0 (both solutions are exact on y' = const, so the estimate must vanish)."))
             self.err_order = int(err_order)
+        self._check_order("b", self.b, self.order, "order")
+        if self.b_hat is not None:
+            self._check_order("b_hat", self.b_hat, self.err_order, "err_order")
         self.fsal = bool(s > 1 and self.c[-1] == 1.0 and np.array_equal(self.A[-1], self.b)
                          and self.b[-1] == 0.0)
         if P is None and self.fsal and self.adaptive:
@@ -147,6 +162,21 @@ class ButcherTableau:
         self.c_list = tuple(float(ci) for ci in self.c)
         self.b_terms = _nonzero_terms(self.b)
         self.e_terms = None if self.e is None else _nonzero_terms(self.e)
+
+    def _check_order(self, label, weights, order, arg):
+        """Refuse ``weights`` that fail an order condition up to ``order`` (at most 5)."""
+        self._check(order >= 1, f"`{arg}` = {order}; an order must be at least 1.")
+        top = min(order, MAX_TABULATED_ORDER)
+        for p, cond, v, target in order_conditions(self.A, self.c):
+            if p > top:
+                break
+            value = float(weights @ v)
+            self._check(abs(value - target) <= ORDER_TOL, lambda: (
+                f"`{arg}` = {order} but `{label}` fails the order-{p} condition "
+                f"{cond} = {Fraction(target).limit_denominator(1000)} ({label} gives "
+                f"{value!r}, residual {value - target:.3e}); order {order} needs every "
+                f"condition up to order {order}. Fix the coefficients, or claim the order "
+                "the tableau really has."))
 
     def _check(self, ok, message):
         if not ok:
