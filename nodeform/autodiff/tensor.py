@@ -351,7 +351,7 @@ def _numpy_on_tensor(call, name):
     alias = {"absolute": "abs", "true_divide": "div", "divide": "div", "multiply": "mul",
              "subtract": "sub", "negative": "neg", "amax": "max"}.get(name, name)
     use = (f"`nf.{alias}(x)`" if hasattr(nodeform, alias)
-           else "the `nf.` functions (nf.tanh, nf.exp, nf.sum, nf.matmul, ...) and Tensor operators")
+           else "the `nf.` functions (nf.tanh, nf.exp, nf.sum, nf.matmul, ...) and operators")
     return (f"`{call}` was called on a nodeform Tensor, but NumPy functions cannot record "
             f"gradients. Use {use} instead (`import nodeform as nf`); inside a vector field "
             "or a VJP (which receives Tensors) that keeps the gradient. For plain values "
