@@ -164,7 +164,7 @@ class Node:
 def _as_array(data, dtype=None):
     """``data`` as an xp array; Python floats and lists become float64."""
     if isinstance(data, Tensor):
-        data = data.data
+        data = data._data
     if type(data) is np.ndarray:
         return data if dtype is None else data.astype(dtype, copy=False)
     if hasattr(data, "__cuda_array_interface__"):
@@ -242,19 +242,19 @@ class Tensor:
     # ------------------------------------------------------------ basic facts
     @property
     def shape(self):
-        return self.data.shape
+        return self._data.shape
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def ndim(self):
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def size(self):
-        return self.data.size
+        return self._data.size
 
     @property
     def is_leaf(self):
@@ -264,13 +264,13 @@ class Tensor:
     @property
     def xp(self):
         """The array module of the data (numpy or cupy)."""
-        return get_xp(self.data)
+        return get_xp(self._data)
 
     def requires_grad_(self, flag=True):
         """Set ``requires_grad`` in place; only floating-point leaves may require it."""
-        if flag and self.data.dtype.kind not in "fc":
+        if flag and self._data.dtype.kind not in "fc":
             raise TypeError(f"only floating-point tensors can require gradients, got dtype "
-                            f"{self.data.dtype}; convert with `Tensor(x, dtype=np.float64)`.")
+                            f"{self._data.dtype}; convert with `Tensor(x, dtype=np.float64)`.")
         if not flag and self._node is not None:
             raise ValueError("`requires_grad_(False)` is only for leaves; use `.detach()` "
                              "for a tensor made by an operation.")
@@ -284,27 +284,27 @@ class Tensor:
 
     def detach(self):
         """A new leaf sharing the data, cut off from the graph."""
-        return Tensor(self.data)
+        return Tensor(self._data)
 
     def numpy(self):
         """The values as a NumPy array (copied off the GPU if needed)."""
         from nodeform.backend import to_numpy
-        return to_numpy(self.data)
+        return to_numpy(self._data)
 
     def item(self):
         """The value of a one-element tensor as a Python number."""
-        if self.data.size != 1:
+        if self._data.size != 1:
             raise ValueError(f"`item()` needs a tensor with one element, got shape {self.shape}.")
-        return self.data.reshape(()).item()
+        return self._data.reshape(()).item()
 
     def zero_grad(self):
         """Forget the accumulated gradient."""
         self.grad = None
 
     def __len__(self):
-        if self.data.ndim == 0:
+        if self._data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self.data.shape[0]
+        return self._data.shape[0]
 
     def __repr__(self):
         body = np.array2string(self.numpy(), precision=4, threshold=20, separator=", ")
@@ -312,10 +312,10 @@ class Tensor:
         return f"Tensor({body}, dtype={self.dtype}{extra})"
 
     def __bool__(self):
-        if self.data.size != 1:
+        if self._data.size != 1:
             raise ValueError("the truth value of a tensor with more than one element is "
                              "ambiguous; use `.data.any()` or `.data.all()`.")
-        return bool(self.data)
+        return bool(self._data)
 
     def __float__(self):
         return float(self.item())
