@@ -5,6 +5,8 @@ drives. Its contract:
 
 1. ``f(t, y)`` is called with a Python float ``t`` and a state shaped like ``y0``
    (any shape: batches are just more axes; one step size is shared by the batch).
+   Every output is checked (:func:`checked_field`): shape, dtype, and array or
+   Tensor like ``y0``, so a wrong return on any call is an error, never a broadcast.
 2. ``y`` and the stages are combined only with ``+`` and ``*`` by Python floats
    (see :mod:`nodeform.ode.rk`), stages are kept in Python lists, so ``y0`` may be a
    NumPy array, a CuPy array or a nodeform Tensor; the outputs are of the same kind.
