@@ -116,6 +116,9 @@ class ODEBlock(Module):
         A tableau name of :func:`nodeform.solve` (dopri5 by default).
     adjoint : {"continuous", "backprop"}
         ``"continuous"``: ODE-Net; ``"backprop"``: RK-Net.
+    options : dict, optional
+        More solver options for :func:`nodeform.odeint` (``step_size`` for a fixed grid,
+        ``max_steps``, ...).
 
     Attributes
     ----------
@@ -127,20 +130,22 @@ class ODEBlock(Module):
     Shapes: (N, C, H, W) -> (N, C, H, W).
     """
 
-    def __init__(self, func, rtol=ODE_TOL, atol=ODE_TOL, method="dopri5", adjoint="continuous"):
+    def __init__(self, func, rtol=ODE_TOL, atol=ODE_TOL, method="dopri5", adjoint="continuous",
+                 options=None):
         super().__init__()
         if adjoint not in ADJOINTS:
             raise ValueError(f"`adjoint` must be one of {ADJOINTS}, got {adjoint!r}: "
                              "'continuous' is the ODE-Net, 'backprop' the RK-Net.")
         self.func = func
         self.rtol, self.atol, self.method, self.adjoint = float(rtol), float(atol), method, adjoint
+        self.options = dict(options or {})
         object.__setattr__(self, "stats", SolveStats())
 
     def forward(self, x):
         stats = SolveStats()
         object.__setattr__(self, "stats", stats)
         zs = odeint(self.func, as_tensor(x), [0.0, 1.0], method=self.method, rtol=self.rtol,
-                    atol=self.atol, adjoint=self.adjoint, stats=stats)
+                    atol=self.atol, adjoint=self.adjoint, stats=stats, **self.options)
         return zs[1]                                                    # (N, C, H, W)
 
     def extra_repr(self):
@@ -187,11 +192,11 @@ class ODENet(_ConvNet):
 
     ADJOINT = "continuous"
 
-    def __init__(self, width=WIDTH, rtol=ODE_TOL, atol=ODE_TOL, method="dopri5", rng=0,
-                 dtype=DEFAULT_DTYPE):
+    def __init__(self, width=WIDTH, rtol=ODE_TOL, atol=ODE_TOL, method="dopri5", options=None,
+                 rng=0, dtype=DEFAULT_DTYPE):
         super().__init__()
-        self._build(lambda r: ODEBlock(ODEFunc(width, r, dtype), rtol, atol, method, self.ADJOINT),
-                    width, rng, dtype)
+        self._build(lambda r: ODEBlock(ODEFunc(width, r, dtype), rtol, atol, method, self.ADJOINT,
+                                       options), width, rng, dtype)
 
     @property
     def stats(self):
@@ -243,7 +248,7 @@ def build_model(name, **options):
     name : {"odenet", "rknet", "resnet", "mlp"}
     **options
         Passed to the class: ``rng`` (seed), ``dtype``, ``width`` (conv models),
-        ``rtol``/``atol``/``method`` (ODE models), ``blocks`` (ResNet), ``hidden`` (MLP).
+        ``rtol``/``atol``/``method``/``options`` (ODE models), ``blocks`` (ResNet), ``hidden`` (MLP).
 
     Returns
     -------
