@@ -6,6 +6,8 @@
 * ``doctor`` prints the versions of Python, NumPy, Numba, SciPy, CuPy and which
   array backends really work here, and why not.
 * ``bench NAME`` runs ``bench/bench_NAME.py`` (solvers, adjoint, conv, ...).
+* ``train MODEL`` trains a model of Table 1 (odenet, rknet, resnet, mlp) on MNIST;
+  see :mod:`nodeform.experiments.table1`.
 """
 from __future__ import annotations
 
@@ -115,7 +117,11 @@ def main(argv=None):
     b = sub.add_parser("bench", help="run a benchmark from bench/")
     b.add_argument("name")
     b.add_argument("rest", nargs=argparse.REMAINDER)
+    from nodeform.experiments import table1
+    table1.add_arguments(sub.add_parser("train", help="train a Table 1 model on MNIST"))
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return table1.main(args)
     if args.command == "chapters":
         return run_chapters(args.names, args.quick)
     if args.command == "doctor":
