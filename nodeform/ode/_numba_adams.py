@@ -48,19 +48,31 @@ def gauss_arrays():
 
 
 @njit(cache=True)
-def _coefficients(alpha, J, s, x, w, g):
-    """g[j] = int_0^s P_j for j <= J (as adams.integration_coefficients)."""
-    for j in range(J + 1):
-        g[j] = 0.0
-    for m in range(x.shape[0]):
-        u = s * x[m]
-        wt = s * w[m]
-        g[0] += wt
-        p = u
-        for j in range(1, J + 1):
-            g[j] += wt * p
-            if j < J:
-                p *= 1.0 - alpha[j] * (1.0 - u)
+def _coefficients(alpha, J, s, x, w, g, pv, wv):
+    """g[j] = int_0^s P_j for j <= J (as adams.integration_coefficients).
+
+    The loops run j outside and the nodes inside (the reference runs them the other way
+    round): each node's product and each g[j]'s sum see the same operations in the same
+    order, so the numbers are identical, but the nodes' products no longer form one long
+    chain of dependent multiplications (about 2x faster per step). ``pv``, ``wv``:
+    scratch of the nodes' size.
+    """
+    nq = x.shape[0]
+    acc = 0.0
+    for m in range(nq):
+        wv[m] = s * w[m]
+        pv[m] = s * x[m]          # P_1(u_m) = u_m
+        acc += wv[m]
+    g[0] = acc
+    for j in range(1, J + 1):
+        acc = 0.0
+        for m in range(nq):
+            acc += wv[m] * pv[m]
+        g[j] = acc
+        if j < J:
+            aj = alpha[j]
+            for m in range(nq):
+                pv[m] *= 1.0 - aj * (1.0 - s * x[m])
 
 
 @njit(cache=True)
@@ -151,6 +163,8 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
     beta = np.empty(cap + 1)
     g = np.empty(cap + 1)
     gs = np.empty(cap + 1)
+    pv = np.empty(gx.shape[0])
+    wv = np.empty(gx.shape[0])
     y = y0.copy()
     y_new = np.empty(n)
     p = np.empty(n)
@@ -244,7 +258,7 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
             psi_prev = t_new - ts_hist[j - 1]
             beta[j] = beta[j - 1] * psi_prev / (t - ts_hist[j])
             alpha[j] = h / (t_new - ts_hist[j])
-        _coefficients(alpha, jmax + 1, 1.0, gx, gw, g)
+        _coefficients(alpha, jmax + 1, 1.0, gx, gw, g, pv, wv)
         # ---- P, E, C
         for m in range(n):
             a = phi[0, m] * (h * g[0] * beta[0])
@@ -315,7 +329,7 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
                     ys[kk, m] = y_new[m]
             else:
                 s = (t_out[kk] - t) / h
-                _coefficients(alpha, k, s, gx, gw, gs)
+                _coefficients(alpha, k, s, gx, gw, gs, pv, wv)
                 for m in range(n):
                     a = phi[0, m] * (h * gs[0] * beta[0])
                     for j in range(1, k):
