@@ -41,10 +41,15 @@ UNDERFLOW_ULPS = 10.0
 EPS = 2.220446049250313e-16  # float64 machine epsilon
 
 
+_GAUSS = []  # the arrays, built on first use (no work at import time)
+
+
 def gauss_arrays():
     """The reference's Gauss–Legendre nodes and weights on [0, 1] as float64 arrays."""
-    x, w = _ref.gauss_legendre()
-    return np.array(x), np.array(w)
+    if not _GAUSS:
+        x, w = _ref.gauss_legendre()
+        _GAUSS.append((np.array(x), np.array(w)))
+    return _GAUSS[0]
 
 
 @njit(cache=True)
