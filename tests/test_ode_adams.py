@@ -169,6 +169,11 @@ def test_adams_rejects_step_size():
         nf.solve(linear, Y0, [0.0, 1.0], method="adams", step_size=0.1)
 
 
+def test_adams_rejects_controller():
+    with pytest.raises(SolverArgumentError, match="`controller`"):
+        nf.solve(linear, Y0, [0.0, 1.0], method="adams", controller="i")
+
+
 def test_adams_unknown_method_lists_adams():
     with pytest.raises(SolverArgumentError, match="'adams'"):
         nf.solve(linear, Y0, [0.0, 1.0], method="adams5")

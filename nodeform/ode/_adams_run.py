@@ -25,7 +25,7 @@ def _trace_arrays(tr):
 
 
 def run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size, first_step, max_steps,
-              max_step, trace, max_order=MAX_ORDER):
+              max_step, trace, max_order=MAX_ORDER, controller=None):
     """``(ys, stats, trace)`` as the RK engines return them; ``ys`` a list of states.
 
     Raises the :class:`~nodeform.ode.errors.SolverError` of a failed solve, with
@@ -36,6 +36,11 @@ def run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size, first_step, max
             f"`step_size` = {step_size} does not apply to method='adams', which chooses its "
             "own steps and orders; drop `step_size` (use `max_step` to bound the steps), or "
             "pick a fixed-grid method such as 'rk4'.")
+    if controller is not None:
+        raise SolverArgumentError(
+            f"`controller` = {controller!r} does not apply to method='adams', which chooses its "
+            "steps and orders from its own error estimates (nodeform/ode/adams.py); drop "
+            "`controller`.")
     if engine == "numba":
         return _run_numba(f, args, t_arr, y0, rtol, atol, first_step, max_steps, max_step,
                           trace, max_order)

@@ -360,7 +360,8 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
     try:
         if tab is ADAMS:
             ys, stats, tr = run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size,
-                                      first_step, max_steps, max_step, trace)
+                                      first_step, max_steps, max_step, trace,
+                                      controller=options.get("controller"))
             ys = _stack(ys, xp)
         elif engine == "numba":
             ys, stats, tr = _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size,
