@@ -188,7 +188,8 @@ def vdp_rows(repeats):
     def adams_ref():
         return nodeform.solve(vdp_py, y0, [0.0, T_END], method="adams", rtol=RTOL, atol=atol)
     sol = adams_ref()
-    rows.append(("nodeform reference Adams (Python f)", median_time(adams_ref, max(3, repeats // 50)),
+    rows.append(("nodeform reference Adams (Python f)",
+                 median_time(adams_ref, max(3, repeats // 50)),
                  sol.stats["nfev"], float(np.abs(sol.ys[-1] - ref).max())))
     return rows, first_call
 
