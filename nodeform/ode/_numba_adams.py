@@ -287,14 +287,15 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
         erk_down = np.inf
         erk_down2 = np.inf
         if k >= 2:
+            b1 = beta[k - 1]
             for m in range(n):
-                acc[m] = out[m]
-            for j in range(k - 1):
-                if j == k - 2 and k >= 3:
-                    erk_down2 = abs(h * (g[k - 2] - g[k - 3])) * _srms(acc, scale)
-                for m in range(n):
-                    acc[m] = acc[m] - phi[j, m] * beta[j]
+                acc[m] = phik[m] + phi[k - 1, m] * b1
             erk_down = abs(h * (g[k - 1] - g[k - 2])) * _srms(acc, scale)
+            if k >= 3:
+                b2 = beta[k - 2]
+                for m in range(n):
+                    acc[m] = acc[m] + phi[k - 2, m] * b2
+                erk_down2 = abs(h * (g[k - 2] - g[k - 3])) * _srms(acc, scale)
         finite = np.isfinite(erk)
         accepted = finite and erk <= 1.0
         if trace:

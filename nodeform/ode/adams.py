@@ -285,18 +285,17 @@ def integrate_adams(f, t_out, y0, rtol, atol, first_step=None, max_steps=MAX_STE
         phik = fp - weighted_sum(phi, tuple((j, beta[j]) for j in range(k)))
         y_new = p + phik * (h * g[k])
         # ---- error estimates on plain arrays: orders k (acceptance), k-1, k-2
-        yr, ynr, fpr = raw(y), raw(y_new), raw(fp)
+        yr, ynr = raw(y), raw(y_new)
         scale = atol + rtol * xp.maximum(xp.abs(yr), xp.abs(ynr))
         erk = abs(h * (g[k] - g[k - 1])) * _scaled_rms(raw(phik), scale)
+        # Phi^p_{j-1} = Phi^p_j + Phi*_{j-1}: the lower orders' differences, one axpy each
         erk_down = erk_down2 = math.inf
         if k >= 2:
-            phir = [raw(phi[j]) for j in range(k - 1)]
-            acc = fpr
-            for j in range(k - 1):
-                if j == k - 2 and k >= 3:
-                    erk_down2 = abs(h * (g[k - 2] - g[k - 3])) * _scaled_rms(acc, scale)
-                acc = acc - phir[j] * beta[j]
+            acc = raw(phik) + raw(phi[k - 1]) * beta[k - 1]
             erk_down = abs(h * (g[k - 1] - g[k - 2])) * _scaled_rms(acc, scale)
+            if k >= 3:
+                acc = acc + raw(phi[k - 2]) * beta[k - 2]
+                erk_down2 = abs(h * (g[k - 2] - g[k - 3])) * _scaled_rms(acc, scale)
         finite = math.isfinite(erk)
         accepted = finite and erk <= 1.0
         if tr is not None:
