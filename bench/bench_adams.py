@@ -232,6 +232,22 @@ def main(argv=None):
         f"load average {load:.1f} at the end (2-core shared machine: absolute times are "
         "noisy, ratios are measured in the same run). Python "
         f"{platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}.\n")
+    notes = (
+        "## Reading the tables\n\n"
+        "- **NFE.** Adams' evaluations are counted like LSODA's (every call of f; Adams "
+        "spends one on the first-step probe). Both control a local error per step at the same "
+        "rtol/atol, but with different norms (Adams: RMS like dopri5; LSODA: its own weighted "
+        "norm) and different error estimates, so equal tolerances are not equal accuracies.\n"
+        "- **Errors.** Read the error columns beside the NFE: where Adams' error is larger than "
+        "LSODA's at fewer evaluations, part of the saving is bought with accuracy. dopri5 is "
+        "the most accurate of the three at equal tolerance on these problems and the costliest.\n"
+        "- **Time.** SciPy's `solve_ivp` LSODA runs a Python step loop around the Fortran "
+        "code, so it slows down more than the compiled solvers when the machine is loaded; the "
+        "speed ratio against it depends on the load (on this shared 2-core machine the same "
+        "comparison measured 36x to 101x over the session). `scipy.integrate.odeint` keeps the "
+        "loop in Fortran and is the fairer speed peer.\n")
+    parts.append(notes)
+    print(notes)
     if not args.quick:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS-adams.md")
         with open(path, "w") as fh:

@@ -439,10 +439,15 @@ assert scaled[1e6][0] == scaled[1.0][0] and scaled[1e6][2] == scaled[1.0][2]
 # README):
 #
 # * **(a) and (b) reproduce with both solvers.** The error falls steeply with the NFE
-#   (the tolerance controls it), and the forward time is close to proportional to the
-#   NFE: on a network the evaluations dominate what the solver itself does (Adams'
-#   bookkeeping per step is a few dozen scalar operations; the tensor work is two
-#   evaluations and a few axpys).
+#   (the tolerance controls it), and the forward time grows in proportion to the NFE.
+#   On this network, though, **dopri5 reaches a given error with fewer evaluations
+#   than Adams**: a solve over $[0, 1]$ takes only 10–30 Adams steps, and a multistep
+#   method spends its first steps at low order building up its history (the start
+#   phase), so the whole solve is mostly start-up. Adams wins on long solves with many
+#   steps (the Kepler orbit above, the DETEST problems), not on short ones. Adams also
+#   costs more *time* per evaluation here: its reference engine does per-step work on
+#   whole arrays (differences, three error norms for the order choice) that is not small
+#   next to one evaluation of this small network; a larger network hides it.
 # * **(c), "backward about half of forward", does not reproduce with either solver on
 #   this model.** NFE-B / NFE-F is a count of steps in each direction times evaluations
 #   per step: six per step for dopri5 both ways, about two for Adams both ways. The
@@ -498,13 +503,15 @@ assert np.all(np.abs(errs - errs[test_taus.index(1e-3)]) < 0.1), "a tolerance br
 # * The NFE is an ODE-Net's depth, chosen by the solver; `Solution.stats`,
 #   `SolveStats` and a counter inside $f$ agree on it.
 # * Adams–Bashforth–Moulton in PECE form costs two evaluations per step at any order;
-#   with variable order (1–12) it needs fewer evaluations than Dormand–Prince on
-#   smooth problems at tight tolerances, and fewer than SciPy's LSODA on the DETEST
-#   problems.
-# * Fig. 3's (a) and (b) reproduce with both solvers. (c), the backward pass needing
-#   fewer evaluations than the forward one, depends on the solver and the model: it is
-#   a count of steps in each direction times evaluations per step. A backward
-#   evaluation costs a VJP, several forward evaluations.
+#   with variable order (1–12) it needs fewer evaluations than Dormand–Prince on long,
+#   smooth solves at tight tolerances, and fewer than SciPy's LSODA on the DETEST
+#   problems; on the ODE-Net's short solve over $[0, 1]$ its start-up makes it the
+#   costlier of the two.
+# * Fig. 3's (a), (b) and (d) reproduce with both solvers. (c), the backward pass
+#   needing about half the forward evaluations, does not: NFE-B / NFE-F is the ratio of
+#   step counts times evaluations per step, and the backward step count follows how
+#   large the gradient is relative to atol. A backward evaluation costs a VJP, several
+#   forward evaluations.
 # * A model trained at one tolerance can be evaluated at a looser one for a fraction
 #   of the evaluations and nearly the same test error.
 #
