@@ -244,7 +244,7 @@ def main(argv=None):
         "- **Time.** SciPy's `solve_ivp` LSODA runs a Python step loop around the Fortran "
         "code, so it slows down more than the compiled solvers when the machine is loaded; the "
         "speed ratio against it depends on the load (on this shared 2-core machine the same "
-        "comparison measured 36x to 101x over the session). `scipy.integrate.odeint` keeps the "
+        "comparison measured 36x to 130x over the session). `scipy.integrate.odeint` keeps the "
         "loop in Fortran and is the fairer speed peer.\n")
     parts.append(notes)
     print(notes)
