@@ -5,7 +5,6 @@ solutions forwards and backwards, SciPy's DOP853 and LSODA, dense output, the er
 family, gradients through odeint with both adjoints, and the Numba twin against the
 reference engine.
 """
-import math
 
 import numpy as np
 import pytest
