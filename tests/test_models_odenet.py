@@ -233,7 +233,8 @@ def _idx_dir(tmp_path, rng, n_train=48, n_test=20, size=28):
     d = tmp_path / f"idx{size}"
     d.mkdir()
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        _write_idx(d / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, size, size), dtype=np.uint8))
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        _write_idx(d / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
     return str(d)
 
