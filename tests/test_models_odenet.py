@@ -309,3 +309,12 @@ def test_train_refuses_to_overwrite_a_run_and_resume_without_one(tmp_path, rng, 
     assert "already holds a run" in capsys.readouterr().err
     assert _train("mlp", "--data", data, "--out", str(tmp_path / "s"), "--resume") == 2
     assert "`--resume`: no checkpoint" in capsys.readouterr().err
+
+
+def test_train_resume_of_a_finished_run_adds_no_epoch(tmp_path, rng):
+    data = _idx_dir(tmp_path, rng, n_train=16, n_test=4)
+    args = ["mlp", "--data", data, "--batch-size", "8", "--epochs", "2", "--out", str(tmp_path / "r")]
+    assert _train(*args) == 0
+    assert _train(*args, "--resume") == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [r["epoch"] for r in res["epochs"]] == [1, 2] and res["epochs"][-1]["step"] == 4
