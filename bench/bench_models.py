@@ -163,9 +163,16 @@ def torch_model(name):
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    fields = [m for m in model.modules() if hasattr(m, "nfe")]
+
     def step():
+        for f in fields:
+            f.nfe = 0
         opt.zero_grad()
-        loss_fn(model(x), y).backward()
+        out = model(x)
+        nfe_f = sum(f.nfe for f in fields)
+        loss_fn(out, y).backward()
+        step.nfe = (nfe_f, sum(f.nfe for f in fields) - nfe_f) if fields else None
         opt.step()
     step.model = model
     return step
@@ -223,6 +230,8 @@ def main(argv=None):
         stats = getattr(ours.model, "stats", None)
         if stats is not None:
             nfe = f"{stats.nfe_forward} / {stats.nfe_backward}"
+            if getattr(peer, "nfe", None):
+                nfe += f" (peer {peer.nfe[0]} / {peer.nfe[1]})"
         rows.append((n, w.peer_name, t_ours * w.per_unit, None if t_peer is None else t_peer * w.per_unit,
                      nfe, w.unit))
         print(f"{n}: nodeform {t_ours * w.per_unit:.2f} {w.unit}"
@@ -230,7 +239,7 @@ def main(argv=None):
                  f"ratio {t_ours / t_peer:.2f}"), flush=True)
     sep = " | " if args.markdown else "  "
     print()
-    head = ["workload", "nodeform", "peer", "peer time", "ratio", "NFE fwd / bwd (nodeform)"]
+    head = ["workload", "nodeform", "peer", "peer time", "ratio", "NFE fwd / bwd, last step"]
     print(("| " if args.markdown else "") + sep.join(head) + (" |" if args.markdown else ""))
     if args.markdown:
         print("|" + "---|" * len(head))
