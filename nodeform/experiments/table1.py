@@ -219,6 +219,8 @@ def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="f
         t0 = time.perf_counter()
         ev = evaluate_classifier(model, split.x_test, split.y_test, EVAL_BATCH)
         step = opt.step_count
+        if not rec.batches:                  # a finished run resumed: nothing new to record
+            return ev
         train = rec.close_epoch()
         records.append(dict(epoch=len(records) + 1, step=step, lr=schedule(step - 1),
                             test_loss=ev["loss"], test_acc=ev["accuracy"],
