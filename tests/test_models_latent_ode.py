@@ -215,3 +215,16 @@ def test_poisson_rejects_events_outside_the_window():
     with pytest.raises(ValueError, match="t_start, t_end"):
         poisson_log_likelihood(lambda t, z: z, lambda z: z[:, 0], nf.Tensor(np.zeros((1, 1))),
                                np.array([[3.5]]), 0.0, 3.0)
+
+
+def test_toy_events_have_the_rate_they_claim():
+    """Mean count over 300 realizations = integral of the rate (to 4 standard errors)."""
+    from nodeform.data.events import TOY_RATE_MAX, poisson_events, toy_rate
+    times, mask = poisson_events(toy_rate, 10.0, TOY_RATE_MAX, n_realizations=300, seed=0)
+    expect = 30.0 + 2.0 * (1.0 - np.cos(9.0)) / 0.9
+    assert abs(mask.sum(axis=1).mean() - expect) < 4 * np.sqrt(expect / 300)
+    assert np.all(times[mask] > 0) and np.all(times[mask] <= 10.0)
+    # thinning keeps more events where the rate is high: first half vs second half of a period
+    hi = ((times > 0.2) & (times < 3.3) & mask).sum()
+    lo = ((times > 3.7) & (times < 6.8) & mask).sum()
+    assert hi > 1.5 * lo

@@ -51,7 +51,7 @@ class Protocol:
     iters_rnn: int = 2000
     lr: float = 0.01
     obs_std: float | None = None
-    grad: str = "numba"
+    grad: str = "backprop"
     rmse_target: str = "noisy"
     seed: int = 0
     n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
