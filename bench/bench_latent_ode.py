@@ -49,10 +49,10 @@ def nodeform_runner(D, grad, stats):
     return model, step
 
 
-def torch_runner(D, model, dtype_name, stats):
+def torch_runner(D, model, dtype_name, stats, threads):
     import torch
     from torchdiffeq import odeint
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(threads)
     dt = getattr(torch, dtype_name)
 
     def P(a):
@@ -107,17 +107,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--n-obs", type=int, default=30)
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads (1: on a shared 2-core machine 2 threads spin "
+                         "against other processes and ran 20x slower)")
     a = ap.parse_args(argv)
     D = prepare(Protocol(), a.n_obs)
     print(f"latent ODE training iteration, batch {len(D['x_tr'])}, n = {a.n_obs}, dopri5 rtol {RTOL} "
-          f"atol {ATOL}; median of {a.repeats} after 2 warm-ups")
+          f"atol {ATOL}; median of {a.repeats} after 2 warm-ups", flush=True)
     rows = []
-    model = None
     for grad, label in (("backprop", "nodeform, backprop through dopri5 (float64)"),
                         ("numba", "nodeform, Numba field + continuous adjoint (float64)")):
         st = nf.SolveStats()
-        m, step = nodeform_runner(D, grad, st)
-        model = model or m
+        _, step = nodeform_runner(D, grad, st)
         step()
         step()
         st.reset()
@@ -133,12 +134,14 @@ def main(argv=None):
     if have_torch:
         for dn in ("float32", "float64"):
             cnt = [0]
-            step = torch_runner(D, LatentODE(obs_std=D["obs_std"], dt_scale=D["t"][1], rng=0), dn, cnt)
+            step = torch_runner(D, LatentODE(obs_std=D["obs_std"], dt_scale=D["t"][1], rng=0), dn, cnt,
+                                a.torch_threads)
             step()
             step()
             cnt[0] = 0
             t = median_time(step, a.repeats)
-            rows.append((f"torch + torchdiffeq, backprop through dopri5 ({dn})", t, cnt[0] / a.repeats, 0))
+            rows.append((f"torch + torchdiffeq, backprop through dopri5 ({dn}, {a.torch_threads} thr)",
+                         t, cnt[0] / a.repeats, 0))
     ref = rows[-2][1] if have_torch else None
     print(f"{'implementation':58s} {'ms / iter':>9s} {'NFE fwd':>8s} {'NFE bwd':>8s}"
           + ("  vs torch f32" if ref else ""))

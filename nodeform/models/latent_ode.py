@@ -170,9 +170,22 @@ class LatentODE(Module):
         """``(..., L) -> (..., D)``: one hidden layer of tanh units."""
         return self.dec2(F.tanh(self.dec1(z)))
 
-    def dynamics(self):
-        """``f(t, z)`` on Tensors, built from the current ``theta`` (the autodiff model)."""
-        return self.field.reference(self.theta)
+    def dynamics(self, presliced=False):
+        """``f(t, z)`` on Tensors, built from the current ``theta`` (the autodiff model).
+
+        ``presliced=True`` cuts ``theta`` into layers once, outside ``f`` (fewer taped
+        operations per evaluation; for backprop through the solver, whose tape is
+        shared by all evaluations). The continuous adjoint needs ``f`` to read
+        ``theta`` itself, which the default does.
+        """
+        if not presliced:
+            return self.field.reference(self.theta)
+        (W1, b1), (W2, b2) = self.field.unflatten(self.theta)
+        W1t, W2t = W1.T, W2.T
+
+        def f(t, z):
+            return F.tanh(z @ W1t + b1) @ W2t + b2
+        return f
 
     def trajectories(self, z0, t, t0=0.0, grad="numba", solver=None, stats=None):
         """Solve every row of ``z0`` to the times ``t`` in **one** solve.
@@ -213,8 +226,8 @@ class LatentODE(Module):
                         **opts).reshape(grid.size, N, L)
         else:
             adj = "backprop" if grad == "backprop" else "continuous"
-            ys = odeint(self.dynamics(), z0, grid, params=[self.theta], adjoint=adj, stats=stats,
-                        **opts)
+            ys = odeint(self.dynamics(presliced=adj == "backprop"), z0, grid, params=[self.theta],
+                        adjoint=adj, stats=stats, **opts)
         return ys[drop:] if drop else ys
 
     def posterior(self, x, t, mask, t0=0.0):

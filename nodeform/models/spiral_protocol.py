@@ -47,8 +47,8 @@ class Protocol:
     noise_std: float = NOISE_STD
     dt: float | None = None
     normalize: bool = True
-    iters_ode: int = 2000
-    iters_rnn: int = 2000
+    iters_ode: int = 800
+    iters_rnn: int = 800
     lr: float = 0.01
     obs_std: float | None = None
     grad: str = "backprop"
@@ -69,7 +69,8 @@ def prepare(p, n_obs):
     P = d.n_points
     return {"data": d, "scale": scale, "mean": mean, "t": d.t[:P], "t_ext": d.t[P:],
             "x_tr": X[d.train, :P], "m_tr": mask[d.train], "x_te": X[d.test, :P], "m_te": mask[d.test],
-            "y_te": X[d.test, P:], "truth_te": Y[d.test, P:], "obs_std": p.noise_std / scale}
+            "y_te": X[d.test, P:], "truth_te": Y[d.test, P:], "obs_std": p.noise_std / scale,
+            "cw_te": d.clockwise[d.test]}
 
 
 def rmse(pred, target):
@@ -121,32 +122,83 @@ def train_rnn(p, D, time_input=True, iters=None, log_every=0, rng_seed=None):
 
 
 def scores(pred, D):
-    """RMSE of an extrapolation ``(N_test, 100, 2)`` against the noisy points and the truth."""
+    """RMSE of an extrapolation ``(N_test, 100, 2)`` against the noisy points and the truth.
+
+    Also per direction (``noisy_cw``, ``noisy_ccw``) and over the first 50 extrapolated
+    points only (``noisy_first50``), to see where the error comes from.
+    """
+    cw = D["cw_te"]
     return {"noisy": rmse(pred, D["y_te"]), "truth": rmse(pred, D["truth_te"]),
-            "noisy_data_units": rmse(pred, D["y_te"]) * D["scale"]}
+            "noisy_data_units": rmse(pred, D["y_te"]) * D["scale"],
+            "noisy_cw": rmse(pred[cw], D["y_te"][cw]), "noisy_ccw": rmse(pred[~cw], D["y_te"][~cw]),
+            "noisy_first50": rmse(pred[:, :50], D["y_te"][:, :50])}
 
 
-def run_protocol(p, log_every=0, iters_scale=1.0):
+def _run_one(p, n, iters_scale, log_every):
+    """Train the three models at one ``n``: ``(results, data, [latent_ode, rnn_dt, rnn])``."""
+    D = prepare(p, n)
+    res = {}
+    t0 = time.perf_counter()
+    ode, h_ode = train_latent_ode(p, D, iters=max(1, int(p.iters_ode * iters_scale)),
+                                  log_every=log_every)
+    pred, _ = ode.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"])
+    res["latent_ode"] = scores(pred, D) | {"train_s": time.perf_counter() - t0,
+                                           "final_loss": h_ode[-1][0],
+                                           "nfe_forward_last": h_ode[-1][1]}
+    models = [ode]
+    for ti, name in ((True, "rnn_dt"), (False, "rnn")):
+        t0 = time.perf_counter()
+        rnn, h = train_rnn(p, D, time_input=ti, iters=max(1, int(p.iters_rnn * iters_scale)),
+                           log_every=log_every)
+        pred = rnn.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"])
+        res[name] = scores(pred, D) | {"train_s": time.perf_counter() - t0, "final_loss": h[-1]}
+        models.append(rnn)
+    print(f"n={n}: " + ", ".join(f"{k} {v['noisy']:.4f}" for k, v in res.items()), flush=True)
+    return res, D, models
+
+
+def _run_one_in_child(p, n, iters_scale, log_every):
+    res, _, models = _run_one(p, n, iters_scale, log_every)
+    return res, [m.state_dict() for m in models]
+
+
+def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
     """Train the three models at every ``n`` of ``p.n_obs``; returns a JSON-ready dict.
 
-    ``iters_scale`` shortens every training (quick runs).
+    Parameters
+    ----------
+    p : Protocol
+    log_every : int
+        Print the training loss every so many iterations (0: never).
+    iters_scale : float
+        Shortens every training (quick runs).
+    keep : dict, optional
+        Receives ``{n: (D, latent_ode, rnn_dt, rnn)}``: data and trained models, for figures.
+    workers : int
+        Train the ``n`` values in this many processes at once (results are identical:
+        every training is seeded by ``p.seed`` alone).
     """
     out = {"protocol": asdict(p), "results": {}}
-    for n in p.n_obs:
-        D = prepare(p, n)
-        res = {}
-        t0 = time.perf_counter()
-        ode, h_ode = train_latent_ode(p, D, iters=max(1, int(p.iters_ode * iters_scale)),
-                                      log_every=log_every)
-        pred, _ = ode.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"])
-        res["latent_ode"] = scores(pred, D) | {"train_s": time.perf_counter() - t0,
-                                               "final_loss": h_ode[-1][0]}
-        for ti, name in ((True, "rnn_dt"), (False, "rnn")):
-            t0 = time.perf_counter()
-            rnn, h = train_rnn(p, D, time_input=ti, iters=max(1, int(p.iters_rnn * iters_scale)),
-                               log_every=log_every)
-            pred = rnn.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"])
-            res[name] = scores(pred, D) | {"train_s": time.perf_counter() - t0, "final_loss": h[-1]}
-        out["results"][str(n)] = res
-        print(f"n={n}: " + ", ".join(f"{k} {v['noisy']:.4f}" for k, v in res.items()), flush=True)
+    if workers <= 1:
+        for n in p.n_obs:
+            res, D, models = _run_one(p, n, iters_scale, log_every)
+            out["results"][str(n)] = res
+            if keep is not None:
+                keep[n] = (D, *models)
+        return out
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=int(workers)) as ex:
+        futs = {n: ex.submit(_run_one_in_child, p, n, iters_scale, log_every) for n in p.n_obs}
+        for n in p.n_obs:
+            res, states = futs[n].result()
+            out["results"][str(n)] = res
+            if keep is not None:
+                D = prepare(p, n)
+                step = D["t"][1] - D["t"][0]
+                models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step),
+                          RNNBaseline(time_input=True, obs_std=p.obs_std or D["obs_std"], dt_scale=step),
+                          RNNBaseline(time_input=False, obs_std=p.obs_std or D["obs_std"], dt_scale=step)]
+                for m, st in zip(models, states):
+                    m.load_state_dict(st)
+                keep[n] = (D, *models)
     return out
