@@ -228,3 +228,11 @@ def test_toy_events_have_the_rate_they_claim():
     hi = ((times > 0.2) & (times < 3.3) & mask).sum()
     lo = ((times > 3.7) & (times < 6.8) & mask).sum()
     assert hi > 1.5 * lo
+
+
+def test_mirror_clockwise_arm_is_the_reflected_counter_clockwise_arm():
+    s = np.linspace(4.0, 8.0, 7)
+    a, b = spiral_curve(s, False, "mirror"), spiral_curve(s, True, "mirror")
+    assert np.allclose(b[:, 0] + 5.0, a[:, 0] - 5.0) and np.allclose(b[:, 1], -a[:, 1])
+    with pytest.raises(ValueError, match="`cw_curve`"):
+        spiral_curve(s, True, "spiral")

@@ -44,7 +44,10 @@ NOISE_STD = 0.3
 N_TRAIN = 800
 
 
-def spiral_curve(s, clockwise):
+CW_CURVES = ("torchdiffeq", "mirror")
+
+
+def spiral_curve(s, clockwise, cw_curve="torchdiffeq"):
     """Points of the noiseless spiral arm at curve times ``s``.
 
     Parameters
@@ -52,13 +55,23 @@ def spiral_curve(s, clockwise):
     s : ndarray, shape (...)
         Curve times in ``[0, 6π]``.
     clockwise : bool or ndarray of bool, broadcastable to ``s``
+    cw_curve : {"torchdiffeq", "mirror"}
+        The clockwise arm: torchdiffeq's ``r = 50 b / θ`` around ``(-5, 0)``, whose radius
+        grows without bound near the end of the curve, or the counter-clockwise arm
+        mirrored (``y -> -y``) and moved to ``(-5, 0)``, which grows like it.
 
     Returns
     -------
     ndarray, shape (..., 2)
     """
+    if cw_curve not in CW_CURVES:
+        raise ValueError(f"`cw_curve` must be one of {CW_CURVES}, got {cw_curve!r}.")
     s = np.asarray(s, dtype=np.float64)
     cw = np.broadcast_to(np.asarray(clockwise, dtype=bool), s.shape)
+    if cw_curve == "mirror":
+        r = SPIRAL_B * s
+        return np.stack([r * np.cos(s) + np.where(cw, CENTRE_CW, CENTRE_CCW),
+                         np.where(cw, -1.0, 1.0) * r * np.sin(s)], axis=-1)
     th_ccw = s
     th_cw = 6.0 * np.pi + 1.0 - s
     th = np.where(cw, th_cw, th_ccw)
@@ -112,7 +125,7 @@ class Spirals:
 
 
 def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD, dt=CURVE_STEP,
-                 start_range=(100, 300), n_train=N_TRAIN, seed=0):
+                 start_range=(100, 300), n_train=N_TRAIN, seed=0, cw_curve="torchdiffeq"):
     """Generate the spiral data set (see the module docstring for the curves).
 
     Parameters
@@ -132,6 +145,8 @@ def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD
     n_train : int
         The first ``n_train`` spirals are the training set.
     seed : int
+    cw_curve : {"torchdiffeq", "mirror"}
+        See :func:`spiral_curve`.
 
     Returns
     -------
@@ -157,7 +172,7 @@ def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD
     start = rng.uniform(lo, hi, size=n_spirals) * CURVE_STEP
     m = n_points + n_extrap
     s = start[:, None] + np.arange(m) * CURVE_STEP                     # (N, m) curve times
-    truth = spiral_curve(s, clockwise[:, None])                          # (N, m, 2)
+    truth = spiral_curve(s, clockwise[:, None], cw_curve)                # (N, m, 2)
     noisy = truth + noise_std * rng.standard_normal(truth.shape)
     return Spirals(t=np.arange(m) * float(dt), truth=truth, noisy=noisy, clockwise=clockwise,
                    start=start, n_points=n_points, n_extrap=n_extrap, n_train=int(n_train))

@@ -42,6 +42,8 @@ class Protocol:
     rmse_target : {"noisy", "truth"}
         What the extrapolation is compared with (both are reported).
     seed : int
+    cw_curve : {"torchdiffeq", "mirror"}
+        The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`).
     """
 
     noise_std: float = NOISE_STD
@@ -54,13 +56,14 @@ class Protocol:
     grad: str = "backprop"
     rmse_target: str = "noisy"
     seed: int = 0
+    cw_curve: str = "torchdiffeq"
     n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
 
 
 def prepare(p, n_obs):
     """Data for one ``n``: a dict of train / test arrays in the units trained on."""
     kw = {} if p.dt is None else {"dt": p.dt}
-    d = make_spirals(noise_std=p.noise_std, seed=p.seed, **kw)
+    d = make_spirals(noise_std=p.noise_std, seed=p.seed, cw_curve=p.cw_curve, **kw)
     mean, scale = d.normalizer() if p.normalize else (np.zeros(2), 1.0)
     X, Y = (d.noisy - mean) / scale, (d.truth - mean) / scale
     idx = subsample(len(X), d.n_points, n_obs, seed=p.seed)
