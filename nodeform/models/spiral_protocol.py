@@ -128,13 +128,16 @@ def scores(pred, D):
     """RMSE of an extrapolation ``(N_test, 100, 2)`` against the noisy points and the truth.
 
     Also per direction (``noisy_cw``, ``noisy_ccw``) and over the first 50 extrapolated
-    points only (``noisy_first50``), to see where the error comes from.
+    points only (``noisy_first50``), to see where the error comes from, and the mean over
+    spirals of each spiral's RMSE (``noisy_mean_of_per_spiral``), another reading of the metric.
     """
     cw = D["cw_te"]
     return {"noisy": rmse(pred, D["y_te"]), "truth": rmse(pred, D["truth_te"]),
             "noisy_data_units": rmse(pred, D["y_te"]) * D["scale"],
             "noisy_cw": rmse(pred[cw], D["y_te"][cw]), "noisy_ccw": rmse(pred[~cw], D["y_te"][~cw]),
-            "noisy_first50": rmse(pred[:, :50], D["y_te"][:, :50])}
+            "noisy_first50": rmse(pred[:, :50], D["y_te"][:, :50]),
+            "noisy_mean_of_per_spiral": float(np.mean(np.sqrt(np.mean((pred - D["y_te"]) ** 2,
+                                                                        axis=(1, 2)))))}
 
 
 def _run_one(p, n, iters_scale, log_every):
