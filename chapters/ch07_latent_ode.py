@@ -253,8 +253,9 @@ savefig(fig, "ch07_poisson")
 #   removes that, yet changed the latent ODE's n = 30 error little (0.543 vs 0.526): the
 #   unseen radii are not what holds the latent ODE back here.
 # * **The metric.** Against the noiseless truth every number drops by at most 0.01 (the noise
-#   is 0.075 in normalized units, small next to these errors); the mean of per-spiral RMSEs
-#   is also recorded in the results file.
+#   is 0.075 in normalized units, small next to these errors). The results file also splits
+#   the error by direction and over the first 50 points (and, in runs after the one below,
+#   gives the mean of per-spiral RMSEs, another reading of "predictive RMSE").
 # %%
 proto = Protocol()
 if QUICK:
