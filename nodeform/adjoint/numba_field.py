@@ -36,7 +36,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from nodeform.ode._fnptr import STATE, args_key, build_function, function_handle, is_handle_type
+from nodeform.ode._fnptr import (STATE, args_key, build_function, function_handle,
+                                 install_compile_log, is_handle_type)
 
 ACTIVATIONS = {"tanh": 0, "softplus": 1, "elu": 2}
 
@@ -218,7 +219,9 @@ def _load_rows(t, y, d, time_input, r0, nb, x):
         for i in range(nb):
             xr[i] = y[(r0 + i) * d + k]
     if time_input:
-        x[d, :] = t
+        xt = x[d]
+        for i in range(nb):
+            xt[i] = t
 
 
 @njit(cache=True)
@@ -233,16 +236,22 @@ def _store_rows(x, d, r0, nb, out):
 @njit(cache=True)
 def _affine_blas(W, b, x, out):
     """:func:`_affine` by one BLAS product (kept apart so the loops' code stays as is)."""
-    out[:, :] = W @ x
+    np.dot(W, x, out)
     for o in range(W.shape[0]):
-        out[o] += b[o]
+        row = out[o]
+        bo = b[o]
+        for i in range(row.shape[0]):
+            row[i] += bo
 
 
 @njit(cache=True)
 def _affine_vjp_blas(W, x, g, gW, gb, gx):
     """:func:`_affine_vjp` by BLAS products."""
-    gW += g @ x.T
-    gx[:, :] = W.T @ g
+    dW = np.dot(g, x.T)
+    for o in range(W.shape[0]):
+        for m in range(W.shape[1]):
+            gW[o, m] += dW[o, m]
+    np.dot(W.T, g, gx)
     for o in range(W.shape[0]):
         gb[o] += _sum(g[o], g.shape[1])
 
@@ -296,7 +305,10 @@ def _affine_vjp_few_in(W, x, g, gW, gb, gx):
     nb = x.shape[1]
     x0, x1, x2 = x[0], x[1], x[n_in - 1]
     gx0, gx1, gx2 = gx[0], gx[1], gx[n_in - 1]
-    gx[:, :] = 0.0
+    for m in range(n_in):
+        gxm = gx[m]
+        for i in range(nb):
+            gxm[i] = 0.0
     for o in range(n_out):
         go = g[o]
         w0, w1, w2 = W[o, 0], W[o, 1], W[o, n_in - 1]
@@ -531,6 +543,7 @@ def vjp_handle(f_vjp, theta, args):
     """
     key = (f_vjp, args_key((theta,) + tuple(args)))
     if key not in _VJP_HANDLES:
+        install_compile_log()
         try:
             sig = VJP_RETURN(types.float64, STATE, numba.typeof(theta), STATE,
                              *(numba.typeof(x) for x in args))
@@ -573,16 +586,49 @@ def augmented(t, s, f_vjp, theta, n, p, with_t, args):
     adjoint loop cache across processes).
     """
     f_vjp = vjp_function(f_vjp, theta, args)
-    z = s[:n]
-    a = s[n:2 * n]
-    dy, g_y, g_theta, g_t = f_vjp(t, z, theta, a, *args)
+    dy, g_y, g_theta, g_t = f_vjp(t, s[:n], theta, s[n:2 * n], *args)
+    return _pack_augmented(s, dy, g_y, g_theta, g_t, n, p, with_t)
+
+
+@njit(cache=True)
+def _pack_augmented(s, dy, g_y, g_theta, g_t, n, p, with_t):
+    """``[dy, -g_y, -g_theta, (-g_t)]`` as a new array shaped like ``s`` (element loops:
+    no slice assignment, whose shape check compiles Numba's string formatting)."""
     out = np.empty_like(s)
-    out[:n] = dy
-    out[n:2 * n] = -g_y
-    out[2 * n:2 * n + p] = -g_theta
+    for i in range(n):
+        out[i] = dy[i]
+        out[n + i] = -g_y[i]
+    for i in range(p):
+        out[2 * n + i] = -g_theta[i]
     if with_t:
         out[2 * n + p] = -g_t
     return out
+
+
+@njit(cache=True)
+def augmented_mlp(t, s, theta, meta):
+    """:func:`augmented` for :func:`mlp_vjp`, called directly; ``meta = [n, p, with_t, *arch]``.
+
+    Its arguments ``(theta, meta)`` have the types of the forward field's ``(theta, arch)``,
+    so the adjoint solve runs the very loop the forward solve compiled (one compile, not two).
+    """
+    n, p, with_t = meta[0], meta[1], meta[2] != 0
+    dy, g_y, g_theta, g_t = mlp_vjp(t, s[:n], theta, s[n:2 * n], meta[3:])
+    return _pack_augmented(s, dy, g_y, g_theta, g_t, n, p, with_t)
+
+
+def augmented_call(f_vjp, vjp, theta, n, p, with_t, args):
+    """``(field, args)`` of the augmented dynamics for the compiled adjoint solve.
+
+    :func:`augmented_mlp` for an :func:`mlp_field` (``f_vjp`` is :func:`mlp_vjp` with its
+    architecture as the only argument), else :func:`augmented` with ``vjp`` (a
+    :func:`vjp_handle` or ``f_vjp`` itself).
+    """
+    if f_vjp is mlp_vjp and len(args) == 1 and isinstance(args[0], np.ndarray):
+        meta = np.concatenate([np.array([n, p, int(bool(with_t))], dtype=np.int64),
+                               np.ascontiguousarray(args[0], dtype=np.int64)])
+        return augmented_mlp, (theta, meta)
+    return augmented, (vjp, theta, n, p, with_t, args)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 
 from nodeform.adjoint.backprop import odeint_backprop
 from nodeform.adjoint.continuous import AugmentedLayout, TensorField, adjoint_sweep
-from nodeform.adjoint.numba_field import NumbaField, augmented, vjp_handle
+from nodeform.adjoint.numba_field import NumbaField, augmented_call, vjp_handle
 from nodeform.autodiff.primitive import defprim
 from nodeform.autodiff.tensor import Tensor, _toposort, enable_grad, is_grad_enabled
 from nodeform.backend import get_xp
@@ -188,9 +188,9 @@ class _Problem:
             vjp = nf_.f_vjp if vjp is None else vjp
 
             def solve_back(s, t_from, t_to):
-                sol = ode_api.solve(augmented, s, [t_from, t_to], method=adj_method, rtol=adj_rtol,
-                                    atol=adj_atol, args=(vjp, theta, n, p, self.with_t, extra),
-                                    **adj_options)
+                aug_f, aug_args = augmented_call(nf_.f_vjp, vjp, theta, n, p, self.with_t, extra)
+                sol = ode_api.solve(aug_f, s, [t_from, t_to], method=adj_method, rtol=adj_rtol,
+                                    atol=adj_atol, args=aug_args, **adj_options)
                 nfev[0] += sol.stats["nfev"]
                 steps[0] += sol.stats["n_accepted"]
                 return sol.ys[-1]

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 __all__ = ["field_handle", "field_function", "function_handle", "build_function", "args_key",
-           "FIELD_RETURN", "STATE", "HANDLE", "is_handle_type"]
+           "FIELD_RETURN", "STATE", "HANDLE", "is_handle_type", "install_compile_log"]
 
 #: The state type every vector field receives: a 1-D C-contiguous float64 array.
 STATE = types.float64[::1]
@@ -94,6 +94,7 @@ def field_handle(f, args):
         pass
     except TypeError:  # an unhashable argument type
         return None
+    install_compile_log()
     try:
         arg_types = tuple(numba.typeof(a) for a in args)
     except Exception:  # noqa: BLE001 - no Numba type: the dispatcher path says why
@@ -166,3 +167,72 @@ def _field_function_impl(f, args):
     if is_handle_type(f):
         return lambda f, args: _field_from_handle(f, args)
     return lambda f, args: f
+
+
+# ----------------------------------------------------------------------------- compile log
+#: Set to "0" to silence the one line printed per Numba compile of nodeform's code.
+COMPILE_LOG_ENV = "NODEFORM_COMPILE_LOG"
+#: What each compiled entry point is, for the compile log (by function name).
+_COMPILE_WHAT = {
+    "mlp_f": "the MLP vector field (mlp_field)",
+    "mlp_vjp": "the MLP vector field's hand-derived VJP (mlp_field)",
+    "augmented": "the adjoint's augmented dynamics",
+}
+_LOG_STATE = {"installed": False, "depth": 0}
+
+
+def _describe_compile(dispatcher, args):
+    """One line saying what is being compiled and why (see :func:`install_compile_log`)."""
+    py = dispatcher.py_func
+    name, module = py.__name__, py.__module__ or ""
+    if name.startswith("solve_adaptive") or name.startswith("solve_fixed"):
+        method = name.split("_", 2)[2] if name.count("_") >= 2 else "generic"
+        kind = "adaptive" if name.startswith("solve_adaptive") else "fixed-grid"
+        what = f"the {method} {kind} solver loop"
+        if len(args) > 1 and isinstance(args[1], types.BaseTuple) and len(args[1]):
+            what += f" for args {args[1]}"
+        if len(args) and not is_handle_type(args[0]) and not isinstance(args[0], types.FunctionType):
+            what += f" with the field {args[0]} compiled in"
+    elif module.startswith("nodeform") and name in _COMPILE_WHAT:
+        what = _COMPILE_WHAT[name]
+    elif module.startswith("nodeform"):
+        what = f"{module}.{name}"
+    else:
+        what = f"your njit function `{name}`"
+    cached = type(dispatcher._cache).__name__ != "NullCache"
+    why = ("first use in this environment; cached on disk afterwards" if cached
+           else "first use in this process; not cached on disk (cache=False)")
+    return f"numba: compiling {what} ({why})"
+
+
+def install_compile_log():
+    """Print one line to stderr whenever Numba compiles an entry point (nested calls not).
+
+    Installed on the first compiled solve (not at import). Compiling the loops takes a few
+    seconds each the first time; the line says what and why, so a pause is explained.
+    Silence it with ``NODEFORM_COMPILE_LOG=0``.
+    """
+    if _LOG_STATE["installed"]:
+        return
+    _LOG_STATE["installed"] = True
+    import os
+    import sys
+    from numba.core import event
+
+    if os.environ.get(COMPILE_LOG_ENV, "1") == "0":
+        return
+
+    class _Log(event.Listener):
+        def on_start(self, ev):
+            if _LOG_STATE["depth"] == 0:
+                try:
+                    line = _describe_compile(ev.data["dispatcher"], ev.data["args"])
+                except Exception:  # noqa: BLE001 - the log must never break a compile
+                    line = "numba: compiling (first use)"
+                print(line, file=sys.stderr, flush=True)
+            _LOG_STATE["depth"] += 1
+
+        def on_end(self, ev):
+            _LOG_STATE["depth"] -= 1
+
+    event.register("numba:compile", _Log())
