@@ -236,3 +236,105 @@ def install_compile_log():
             _LOG_STATE["depth"] -= 1
 
     event.register("numba:compile", _Log())
+
+
+# ----------------------------------------------------------------------------- field checks
+#: How a vector field for the compiled engine must look, for the error messages.
+FIELD_RULE = ("The Numba engine calls `f(t, y, *args)` with t a float, y the state (a 1-D "
+              "float64 array) and the entries of `args`, and needs back a 1-D float64 array "
+              "of y's length: e.g. `@numba.njit\ndef f(t, y, mu): return np.array([y[1], "
+              "mu * (1 - y[0]**2) * y[1] - y[0]])` with `args=(mu,)`.")
+_CHECKED = {}  # (f, args_key) -> True once f is known to be callable by the dispatcher path
+
+
+def _first_line(exc):
+    """The first meaningful line of a Numba error, without its terminal colour codes."""
+    import re
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not ln.strip().startswith("Failed in nopython mode")]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
+
+
+def check_field(f, args, t0, y0):
+    """Raise a clear :class:`~nodeform.ode.errors.VectorFieldError` unless the compiled
+    loop can call ``f(t, y, *args)`` and gets a 1-D float64 array back.
+
+    Called only when ``f`` has no function-pointer handle (:func:`field_handle` returned
+    None), so a good field pays nothing. The reference engine's rules apply: a field that
+    returns int64 or float32 is refused as there (the loop would otherwise cast silently).
+    """
+    import inspect
+
+    from numba.core.errors import TypingError
+
+    from nodeform.ode.errors import VectorFieldError
+    from nodeform.ode.loops import check_vector_field_output
+
+    try:
+        key = (f, args_key(args))
+        if _CHECKED.get(key):
+            return
+    except TypeError:
+        key = None
+    try:
+        arg_types = tuple(numba.typeof(a) for a in args)
+    except Exception as exc:  # noqa: BLE001 - any object Numba cannot type
+        bad = [i for i, a in enumerate(args) if not _typeable(a)]
+        which = f"`args[{bad[0]}]` ({type(args[bad[0]]).__name__})" if bad else "an entry of `args`"
+        raise VectorFieldError(
+            f"{which} has no Numba type ({_first_line(exc)}), so it cannot be passed to a "
+            "compiled field. Pass NumPy arrays, numbers, tuples of them, or strings. "
+            + FIELD_RULE) from None
+    try:
+        params = list(inspect.signature(f.py_func).parameters.values())
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        want = 2 + len(args)
+        if len(params) != want:
+            names = ", ".join(p.name for p in params)
+            raise VectorFieldError(
+                f"`f` takes {len(params)} parameter(s) ({names}) but is called as f(t, y, *args) "
+                f"with {len(args)} extra argument(s) in `args` = {_short(args)}, i.e. {want} in "
+                "all. " + ("Pass the extra parameters as `args=(...)`. " if len(params) > want
+                           else "") + FIELD_RULE)
+    try:
+        f.compile((types.float64, STATE) + arg_types)
+        ret = f.overloads[(types.float64, STATE) + arg_types].signature.return_type
+    except TypingError as exc:
+        raise VectorFieldError(
+            f"`f` does not compile for f(t: float64, y: float64[::1]{_types_tail(arg_types)}): "
+            f"{_first_line(exc)}. " + FIELD_RULE) from None
+    ok = isinstance(ret, types.Array) and ret.ndim == 1 and ret.dtype == types.float64
+    if not ok:
+        # run it once in the interpreter's terms to get the reference engine's message
+        try:
+            out = f(float(t0), y0, *args)
+        except Exception:  # noqa: BLE001 - describe the type instead
+            out = None
+        if out is not None:
+            check_vector_field_output(out, y0, float(t0))
+        raise VectorFieldError(f"`f` returns {ret}, not a 1-D float64 array. " + FIELD_RULE,
+                               t=float(t0), step=0)
+    if key is not None:
+        _CHECKED[key] = True
+
+
+def _typeable(a):
+    try:
+        numba.typeof(a)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _types_tail(arg_types):
+    return "".join(f", {t}" for t in arg_types) + ("" if not arg_types else "")
+
+
+def _short(args):
+    text = repr(args)
+    return text if len(text) < 60 else text[:57] + "..."

@@ -209,10 +209,12 @@ def _numba_plan(tab, controller):
 
 def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
                controller, trace):
-    from nodeform.ode._fnptr import field_handle
+    from nodeform.ode._fnptr import check_field, field_handle
     args = tuple(args)
     # the loops cache across processes only with a handle; fall back on the dispatcher
     fh = field_handle(f, args) if hasattr(f, "get_compile_result") else None
+    if fh is None and hasattr(f, "get_compile_result"):
+        check_field(f, args, t_arr[0], y0)  # a clear error instead of Numba's TypingError
     f_loop = f if fh is None else fh
     (A, b, c, e, P, has_dense, fsal, err_order, alpha, beta, adaptive_loop,
      fixed_loop) = _numba_plan(tab, controller)
@@ -256,7 +258,13 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
         what = "derivative f(t0, y0)" if np.all(np.isfinite(y0)) else "initial state y0"
         exc = NonFiniteError(nonfinite_message(what, t_fail, 0), t=t_fail, step=0)
     elif status == _st.ST_NONFINITE and tab.adaptive and step_size is None:
-        exc = NonFiniteError(underflow_message(t_fail, step, h_fail, bad), t=t_fail, step=step)
+        from nodeform.ode._numba_rk import nonfinite_cause_words
+        y_last = ys[max(int(info[1]) - 1, 0)] if info[1] > 0 else y0
+        cause = nonfinite_cause_words(int(info[8]), bad, y_last)
+        shrunk = (f" The step size was shrunk to h = {h_fail:.3g} without getting rid of them."
+                  if step else "")
+        exc = NonFiniteError(f"non-finite values (NaN or inf) at t = {t_fail:.17g}, step {step}: "
+                             f"{cause}.{shrunk}", t=t_fail, step=step)
     else:
         exc = NonFiniteError(nonfinite_message("state", t_fail, step, bad), t=t_fail, step=step)
     exc.partial = [ys[i] for i in range(int(info[1]))]
