@@ -37,7 +37,7 @@ from numba.extending import overload
 __all__ = ["solve_adaptive", "solve_fixed", "ADAPTIVE_LOOPS", "FIXED_LOOPS", "ST_OK",
            "ST_MAX_STEPS", "ST_UNDERFLOW", "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
 
-from nodeform.ode._fnptr import field_function
+from nodeform.ode._fnptr import field_call, field_function
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
 from nodeform.ode.tableaus import METHODS
@@ -72,12 +72,14 @@ def _all_finite(x):
 
 @njit(cache=True, inline="always")
 def _eval(f, t, y, args, K, i):
-    """K[i] = f(t, y, *args); False when f returned the wrong length."""
-    out = f(t, y, *args)
+    """K[i] = f(t, y, *args) (an in-place f writes K[i] itself); False when f returned the
+    wrong length."""
+    out = field_call(f, t, y, args, K, i)
     if out.shape[0] != K.shape[1]:
         return False
-    for m in range(K.shape[1]):
-        K[i, m] = out[m]
+    if out.ctypes.data != K[i].ctypes.data:  # an in-place field wrote K[i] already
+        for m in range(K.shape[1]):
+            K[i, m] = out[m]
     return True
 
 
@@ -465,7 +467,7 @@ def _step_source(tab, what):
                     lines.append(f"{ind}    y_stage[m] = y[m] + ({expr}) * h")
                 else:
                     lines.append(f"{ind}    y_stage[m] = y[m]")
-            lines.append(f"    o = f(t + {tab.c_list[i]!r} * h, y_stage, *args)")
+            lines.append(f"    o = field_call(f, t + {tab.c_list[i]!r} * h, y_stage, args, K, {i})")
             lines.append("    if o.shape[0] != n:")
             lines.append("        return o")
         if not tab.fsal:  # an FSAL method's error-ratio pass stores it (or _step_store_last)
@@ -513,7 +515,7 @@ def _generated(tag, what, generic):
     name = tag.literal_value
     key = (name, what)
     if key not in _GENERATED:
-        namespace = {"_eval": _eval, "_rms_of_squares": _rms_of_squares}
+        namespace = {"_eval": _eval, "_rms_of_squares": _rms_of_squares, "field_call": field_call}
         exec(compile(_step_source(METHODS[name], what), f"<nodeform {name} {what}>", "exec"),
              namespace)
         _GENERATED[key] = namespace["impl"]

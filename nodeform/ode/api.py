@@ -36,7 +36,7 @@ DEFAULT_ATOL = 1e-9
 MIN_RTOL = 100 * np.finfo(np.float64).eps
 
 _OPTIONS = ("first_step", "max_steps", "step_size", "controller", "max_step", "trace", "throw",
-            "engine")
+            "engine", "specialize")
 _OPTIONS_SET = frozenset(_OPTIONS)
 _ENGINES = ("auto", "reference", "numba")
 
@@ -208,13 +208,16 @@ def _numba_plan(tab, controller):
 
 
 def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
-               controller, trace):
-    from nodeform.ode._fnptr import check_field, field_handle
+               controller, trace, specialize=False):
+    from nodeform.ode._fnptr import check_field, field_handle, is_inplace
     args = tuple(args)
-    # the loops cache across processes only with a handle; fall back on the dispatcher
-    fh = field_handle(f, args) if hasattr(f, "get_compile_result") else None
-    if fh is None and hasattr(f, "get_compile_result"):
-        check_field(f, args, t_arr[0], y0)  # a clear error instead of Numba's TypingError
+    inplace = is_inplace(f, args)  # f(t, y, out, *args) writes dy/dt into out
+    jitted = hasattr(f, "get_compile_result")
+    # the loops cache across processes only with a handle; fall back on the dispatcher.
+    # specialize=True compiles f into the loop instead (per field, not cached on disk)
+    fh = field_handle(f, args, inplace) if jitted and not specialize else None
+    if fh is None and jitted:
+        check_field(f, args, t_arr[0], y0, inplace)  # a clear error, not Numba's TypingError
     f_loop = f if fh is None else fh
     (A, b, c, e, P, has_dense, fsal, err_order, alpha, beta, adaptive_loop,
      fixed_loop) = _numba_plan(tab, controller)
@@ -365,7 +368,8 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
     try:
         if engine == "numba":
             ys, stats, tr = _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size,
-                                       first_step, max_steps, max_step, controller, trace)
+                                       first_step, max_steps, max_step, controller, trace,
+                                       bool(options.get("specialize", False)))
         else:
             fa = f if not args else (lambda tt, yy: f(tt, yy, *args))
             ys, stats, tr = integrate(fa, t_arr.tolist(), y0, tab, rtol=rtol, atol=atol,
