@@ -134,20 +134,98 @@ def _tanh(a):
     return out.reshape(a.shape)
 
 
+# exp(y) for y >= _EXP_FLOOR is a normal float64 (exp(-708) = 3.3e-308), so 2^k can be
+# added to the exponent bits; below it softplus(x) is returned as 0 (its true value is a
+# subnormal under 3.3e-308) and expm1(x) as -1 (to the last bit)
+_EXP_FLOOR = -708.0
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def _exp_parts(y):
+    """``(expm1(y), exp(y))`` for ``_EXP_FLOOR <= y <= 0``, branch-free (vectorizes).
+
+    The same range reduction and degree-13 polynomial as :func:`_tanh_inplace`:
+    ``y = k ln2 + r``, ``expm1(r)`` by Taylor, ``exp(y) = 2^k exp(r)`` by adding ``k``
+    to the exponent bits; ``expm1(y)`` is the polynomial itself when ``k = 0``.
+    """
+    j = y * _LOG2E + _SHIFTER
+    kf = j - _SHIFTER
+    k = _bits(j) - _SHIFTER_BITS
+    r = (y - kf * _LN2_HI) - kf * _LN2_LO
+    q = r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (
+        1 / 720 + r * (1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (
+            1 / 3628800 + r * (1 / 39916800 + r * (1 / 479001600 + r / 6227020800))))))))))))
+    e = _from_bits(_bits(q + 1.0) + (k << 52))
+    return (q if k == 0 else e - 1.0), e
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def _log1p_unit(e):
+    """``log1p(e)`` for ``0 <= e <= 1``, branch-free: ``2 atanh(s)``, ``s = e / (2 + e)``.
+
+    ``s <= 1/3``, so the odd series ``2 (s + s^3/3 + ... + s^35/35)`` is truncated below
+    ``(1/9)^18 / 37``, under 2^-53 relative.
+    """
+    s = e / (2.0 + e)
+    z = s * s
+    p = 1 / 35
+    p = 1 / 33 + z * p
+    p = 1 / 31 + z * p
+    p = 1 / 29 + z * p
+    p = 1 / 27 + z * p
+    p = 1 / 25 + z * p
+    p = 1 / 23 + z * p
+    p = 1 / 21 + z * p
+    p = 1 / 19 + z * p
+    p = 1 / 17 + z * p
+    p = 1 / 15 + z * p
+    p = 1 / 13 + z * p
+    p = 1 / 11 + z * p
+    p = 1 / 9 + z * p
+    p = 1 / 7 + z * p
+    p = 1 / 5 + z * p
+    p = 1 / 3 + z * p
+    return 2.0 * (s + s * (z * p))
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _softplus_inplace(x, n):
+    """``x[:n] = log(1 + e^x)`` as ``max(x, 0) + log1p(exp(-|x|))`` (np.logaddexp(0, x)),
+    with the vectorizing exp and log1p above instead of scalar libm (about 10x faster)."""
+    for i in range(n):
+        v = x[i]
+        y = max(-abs(v), _EXP_FLOOR)
+        _, e = _exp_parts(y)
+        sp = max(v, 0.0) + _log1p_unit(e)
+        x[i] = 0.0 if v < _EXP_FLOOR else sp
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _elu_inplace(x, n):
+    """``x[:n] = x if x > 0 else expm1(x)`` (ELU, alpha = 1), vectorizing (see :func:`_exp_parts`)."""
+    for i in range(n):
+        v = x[i]
+        em1, _ = _exp_parts(max(min(v, 0.0), _EXP_FLOOR))
+        x[i] = v if v > 0.0 else (em1 if v >= _EXP_FLOOR else -1.0)
+
+
 @njit(cache=True)
 def _act_inplace(x, n, kind):
     """Apply the hidden activation ``kind`` (see ``ACTIVATIONS``) to ``x[:n]`` in place."""
     if kind == 0:
         _tanh_inplace(x, n)
     elif kind == 1:
-        for i in range(n):                  # softplus = log(1 + e^x), as np.logaddexp(0, x)
-            v = x[i]
-            x[i] = max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+        _softplus_inplace(x, n)
     else:
-        for i in range(n):                  # ELU
-            v = x[i]
-            if v <= 0.0:
-                x[i] = math.expm1(v)
+        _elu_inplace(x, n)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _softplus_grad_mul(g, h, n):
+    """``g[:n] *= 1 - e^{-h}`` (= sigmoid(pre), as ``-expm1(-h)``: accurate for tiny ``h``)."""
+    for i in range(n):
+        em1, _ = _exp_parts(max(-h[i], _EXP_FLOOR))
+        g[i] *= -em1
 
 
 @njit(cache=True)
@@ -162,12 +240,11 @@ def _act_grad_mul(g, h, n, kind):
         for i in range(n):
             g[i] *= 1.0 - h[i] * h[i]
     elif kind == 1:
-        for i in range(n):
-            g[i] *= -math.expm1(-h[i])
+        _softplus_grad_mul(g, h, n)
     else:
         for i in range(n):
-            if h[i] <= 0.0:
-                g[i] *= h[i] + 1.0
+            hi = h[i]
+            g[i] *= 1.0 if hi > 0.0 else hi + 1.0
 
 
 @njit(cache=True, fastmath={"reassoc"})
