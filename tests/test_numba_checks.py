@@ -104,7 +104,8 @@ def _f_mu(t, y, mu):
 @pytest.mark.parametrize("f,args,match", [
     (_f_t_only, (A2, 0.0), r"takes 1 parameter\(s\) \(t\) but is called as f\(t, y, \*args\) "
                            r"with 2 extra"),
-    (_f_mu, (), r"takes 3 parameter\(s\) \(t, y, mu\).*Pass the extra parameters as `args"),
+    (_f_mu, (), r"taken as an in-place field.*if the last parameter is an extra argument, "
+                r"pass it as `args=\(...\)`"),
     (_f_mu, ("fast",), r"does not compile for f\(t: float64, y: float64\[::1\], unicode_type\)"),
     (_f_scalar, (A2, 0.0), r"returned a float, not an array"),
     (_f_2d, (A2, 0.0), r"returned shape \(2, 2\) but `y` has shape \(2,\)"),

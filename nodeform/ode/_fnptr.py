@@ -236,7 +236,8 @@ def _describe_compile(dispatcher, args):
         if len(args) > 1 and isinstance(args[1], types.BaseTuple) and len(args[1]):
             what += f" for args {args[1]}"
         if len(args) and not is_handle_type(args[0]) and not isinstance(args[0], types.FunctionType):
-            what += f" with the field {args[0]} compiled in"
+            fname = getattr(getattr(args[0], "dispatcher", None), "py_func", None)
+            what += f" with the field `{getattr(fname, '__name__', args[0])}` compiled in"
     elif module.startswith("nodeform") and name in _COMPILE_WHAT:
         what = _COMPILE_WHAT[name]
     elif module.startswith("nodeform"):
@@ -366,7 +367,8 @@ def check_field(f, args, t0, y0, inplace=False):
                 f"`f` has 3 + len(args) parameters, so it is taken as an in-place field "
                 f"f(t, y, out, *args) that writes dy/dt into `out` and returns nothing, but it "
                 f"returns {ret}. Either write into `out` and drop the return, or use the "
-                "form f(t, y, *args) -> dy with one parameter fewer. " + FIELD_RULE,
+                "form f(t, y, *args) -> dy with one parameter fewer (if the last parameter is "
+                "an extra argument, pass it as `args=(...)`). " + FIELD_RULE,
                 t=float(t0), step=0)
         if key is not None:
             _CHECKED[key] = True
@@ -419,7 +421,7 @@ def field_call(f, t, y, args, K, i):
     return f(t, y, *args)
 
 
-@overload(field_call, jit_options={"cache": True})
+@overload(field_call)
 def _field_call_impl(f, t, y, args, K, i):
     if isinstance(f, types.FunctionType) and f.signature.return_type == types.none:
         def impl(f, t, y, args, K, i):

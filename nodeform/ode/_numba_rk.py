@@ -173,7 +173,7 @@ def _rms(x):
     return math.sqrt(acc / x.shape[0]) if x.shape[0] > 0 else 0.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _initial_step(f, args, t0, y0, f0, direction, err_order, rtol, atol, span, scratch, K):
     """Hairer's first step (see controller.select_initial_step); uses K[1] as scratch."""
     n = y0.shape[0]
@@ -900,3 +900,22 @@ ADAPTIVE_LOOPS = {"bosh3": solve_adaptive_bosh3, "dopri5": solve_adaptive_dopri5
 #: fixed grid, or a user tableau: solve_fixed).
 FIXED_LOOPS = {"euler": solve_fixed_euler, "midpoint": solve_fixed_midpoint,
                "rk4": solve_fixed_rk4}
+
+
+# (cached loop) -> the same loop without the disk cache, for a field passed as a dispatcher
+_UNCACHED = {}
+
+
+def uncached(loop):
+    """``loop`` compiled without Numba's disk cache: for an ``f`` passed as a dispatcher.
+
+    A loop specialized on a dispatcher type (``specialize=True``, or a field without a
+    function-pointer handle) must not go to the disk cache: its cache key names the
+    dispatcher by its address, and a later process whose *other* field lands on the same
+    address would load the wrong code. Compiled once per process and field instead.
+    """
+    nc = _UNCACHED.get(loop)
+    if nc is None:
+        nc = njit(error_model="numpy")(loop.py_func)
+        _UNCACHED[loop] = nc
+    return nc

@@ -221,6 +221,9 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
     f_loop = f if fh is None else fh
     (A, b, c, e, P, has_dense, fsal, err_order, alpha, beta, adaptive_loop,
      fixed_loop) = _numba_plan(tab, controller)
+    if fh is None:  # f itself goes into the loop: never through the disk cache (see uncached)
+        from nodeform.ode._numba_rk import uncached
+        adaptive_loop, fixed_loop = uncached(adaptive_loop), uncached(fixed_loop)
     if step_size is not None or not tab.adaptive:
         counts = np.asarray(fixed_grid_counts(list(t_arr), step_size), dtype=np.int64)
         if counts.sum() > max_steps:
