@@ -221,6 +221,7 @@ _COMPILE_WHAT = {
     "mlp_f": "the MLP vector field (mlp_field)",
     "mlp_vjp": "the MLP vector field's hand-derived VJP (mlp_field)",
     "augmented": "the adjoint's augmented dynamics",
+    "augmented_mlp": "the adjoint's augmented dynamics of the MLP field",
 }
 _LOG_STATE = {"installed": False, "depth": 0}
 

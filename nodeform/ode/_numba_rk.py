@@ -7,8 +7,10 @@ NumPy float64 only, 1-D state, the stages live in a preallocated ``K`` of shape
 ``(s, n)``, and failures come back as a status code that the Python side turns into
 the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
-The vector field is an ``@numba.njit`` function ``f(t, y, *args)``; ``args`` is a
-tuple passed through unchanged. Each built-in method
+The vector field is an ``@numba.njit`` function ``f(t, y, *args) -> dy``, or in place
+``f(t, y, out, *args)`` writing dy/dt into ``out`` (a row of ``K``: no allocation per
+evaluation; told apart by the number of parameters, see :func:`nodeform.ode._fnptr.is_inplace`);
+``args`` is a tuple passed through unchanged. Each built-in method
 (:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is
 straight-line code with the tableau's nonzero coefficients as literals (generated from
 the tableau when first compiled, see :func:`_step_source`), so nothing is looked up or
@@ -20,7 +22,9 @@ add the same terms in the same order. ``f`` normally arrives as a function-point
 and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
 through a pointer (it returns a non-contiguous or non-float64 array, say), the
 dispatcher itself is passed: the loop is specialized per ``f`` and recompiled in every
-process.
+process (:func:`uncached`: never through the disk cache). ``solve(..., specialize=True)``
+takes that path on purpose: ``f`` is compiled into the loop (inlined by LLVM), the
+fastest solve, for one loop compile per field and process.
 
 Debug with ``NUMBA_DISABLE_JIT=1`` (the same code runs as Python), switch the compiled
 engine off with ``NODEFORM_NUMBA=0``.
