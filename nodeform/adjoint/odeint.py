@@ -31,7 +31,7 @@ import numpy as np
 
 from nodeform.adjoint.backprop import odeint_backprop
 from nodeform.adjoint.continuous import AugmentedLayout, TensorField, adjoint_sweep
-from nodeform.adjoint.numba_field import NumbaField, augmented, vjp_handle
+from nodeform.adjoint.numba_field import NumbaField, augmented_call, vjp_handle
 from nodeform.autodiff.primitive import defprim
 from nodeform.autodiff.tensor import Tensor, _toposort, is_grad_enabled, watching
 from nodeform.backend import get_xp
@@ -306,10 +306,11 @@ class _Problem:
             vjp = nf_.f_vjp if vjp is None else vjp
 
             def solve_back(s, t_from, t_to):
+                aug_f, aug_args = augmented_call(nf_.f_vjp, vjp, theta, n, p, self.with_t, extra)
                 try:
-                    sol = ode_api.solve(augmented, s, [t_from, t_to], method=adj_method,
-                                        rtol=adj_rtol, atol=adj_atol,
-                                        args=(vjp, theta, n, p, self.with_t, extra), **adj_options)
+                    sol = ode_api.solve(aug_f, s, [t_from, t_to], method=adj_method,
+                                        rtol=adj_rtol, atol=adj_atol, args=aug_args,
+                                        **adj_options)
                 except SolverError as exc:
                     raise _backward_error(exc, t_from, t_to) from exc
                 nfev[0] += sol.stats["nfev"]
