@@ -11,7 +11,8 @@
 * ``"backprop"``: the solver's own operations are recorded (:mod:`.backprop`);
   exact for the discrete scheme, memory grows with the steps.
 * A :class:`~nodeform.adjoint.numba_field.NumbaField` (or ``(f, f_vjp)``) as ``func``
-  runs forward and adjoint solves compiled (continuous adjoint only).
+  runs forward and adjoint solves compiled (continuous adjoint only). The same pair
+  written as plain NumPy functions runs the same way in the reference loops.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from nodeform.autodiff.primitive import defprim
 from nodeform.autodiff.tensor import Tensor, _toposort, enable_grad, is_grad_enabled
 from nodeform.backend import get_xp
 from nodeform.ode import api as ode_api
+from nodeform.ode.api import _is_numba_function
 from nodeform.ode.errors import SolverArgumentError
 
 ADJOINTS = ("continuous", "backprop")
@@ -183,12 +185,15 @@ class _Problem:
                 nfev[0] += 1
                 return nf_.f(float(t), z, theta, *extra)
 
-            # a function-pointer handle keeps the compiled adjoint loop cached across processes
-            vjp = vjp_handle(nf_.f_vjp, theta, extra)
+            # a function-pointer handle keeps the compiled adjoint loop cached across processes;
+            # a plain NumPy pair (not njit) runs the same augmented dynamics in the reference loop
+            compiled = _is_numba_function(nf_.f_vjp)
+            vjp = vjp_handle(nf_.f_vjp, theta, extra) if compiled else None
             vjp = nf_.f_vjp if vjp is None else vjp
+            aug_f = augmented if compiled else augmented.py_func
 
             def solve_back(s, t_from, t_to):
-                sol = ode_api.solve(augmented, s, [t_from, t_to], method=adj_method, rtol=adj_rtol,
+                sol = ode_api.solve(aug_f, s, [t_from, t_to], method=adj_method, rtol=adj_rtol,
                                     atol=adj_atol, args=(vjp, theta, n, p, self.with_t, extra),
                                     **adj_options)
                 nfev[0] += sol.stats["nfev"]
