@@ -61,6 +61,9 @@ BASE_VAR = 0.1
 #: Bisection steps of the planar-layer inverse: the bracket starts at width 2 |w^T u|
 #: (a few units at most) and halves each step; 80 halvings reach below float64 spacing.
 INVERSE_ITERS = 80
+#: ``w.u^ = -1 + MARGIN + softplus(w.u)``: Rezende & Mohamed's ``m`` lifted a little, because
+#: softplus underflows to 0 for ``w.u < -37`` and ``w.u^ = -1`` makes a layer singular.
+MARGIN = 1e-4
 
 
 def _t(x):
@@ -344,10 +347,13 @@ class PlanarNF(Module):
         self.b = Parameter(np.zeros(self.n_layers))
 
     def u_hat(self, k):
-        """Layer ``k``'s ``u`` made invertible: ``u + (m(w.u) - w.u) w / |w|^2``, ``m = -1 + softplus``."""
+        """Layer ``k``'s ``u`` made invertible: ``u + (m(w.u) - w.u) w / |w|^2``.
+
+        ``m(x) = -1 + MARGIN + softplus(x)`` so that ``w.u^ = m(w.u) > -1``.
+        """
         w, u = self.w[k], self.u[k]
         wu = (w * u).sum()
-        return u + (F.softplus(wu) - 1.0 - wu) * w / ((w * w).sum() + 1e-12)
+        return u + (F.softplus(wu) - 1.0 + MARGIN - wu) * w / ((w * w).sum() + 1e-12)
 
     def layers(self, z, upto=None):
         """Run the first ``upto`` layers on ``z`` (k, D): returns ``(z_K, sum log|det|)`` (k, D), (k,)."""
@@ -407,7 +413,7 @@ class PlanarNF(Module):
             z, logdet = self.layers(x)
             return self.base_log_prob(z) + logdet
         z, logdet = self.inverse_layers(x)
-        return self.base_log_prob(Tensor(z)) + Tensor(logdet)
+        return self.base_log_prob(Tensor(z)) - Tensor(logdet)
 
 
 # ============================================================ losses
