@@ -309,8 +309,11 @@ class PlanarCNF(CNF):
         s0 = _t(s0)
         if s0.dtype != np.float64:
             raise ValueError(f"`engine='{self.engine}'` runs in float64; the state is {s0.dtype}.")
+        theta = self.theta()
+        if not theta.requires_grad:           # under no_grad: nothing is recorded anyway
+            theta = Tensor(theta.data, requires_grad=True)
         return odeint(self.fused_field(), s0, list(ts), rtol=rtol, atol=atol, stats=stats,
-                      params=[self.theta()], **options)
+                      params=[theta], **options)
 
 
 # ============================================================ the planar NF baseline
@@ -346,24 +349,30 @@ class PlanarNF(Module):
         self.u = Parameter(rng.standard_normal((self.n_layers, self.dim)) * init_scale)
         self.b = Parameter(np.zeros(self.n_layers))
 
-    def u_hat(self, k):
-        """Layer ``k``'s ``u`` made invertible: ``u + (m(w.u) - w.u) w / |w|^2``.
+    def u_hats(self):
+        """Every layer's ``u`` made invertible, ``u + (m(w.u) - w.u) w / |w|^2``, (K, D).
 
-        ``m(x) = -1 + MARGIN + softplus(x)`` so that ``w.u^ = m(w.u) > -1``.
+        ``m(x) = -1 + MARGIN + softplus(x)`` so that ``w.u^ = m(w.u) > -1``. All layers
+        at once: a handful of Tensor operations instead of a handful per layer.
         """
-        w, u = self.w[k], self.u[k]
-        wu = (w * u).sum()
-        return u + (F.softplus(wu) - 1.0 + MARGIN - wu) * w / ((w * w).sum() + 1e-12)
+        w, u = self.w, self.u
+        wu = (w * u).sum(axis=1, keepdims=True)                             # (K, 1)
+        return u + (F.softplus(wu) - 1.0 + MARGIN - wu) * w / ((w * w).sum(axis=1, keepdims=True) + 1e-12)
+
+    def u_hat(self, k):
+        """Layer ``k``'s invertible ``u^`` (D,)."""
+        return self.u_hats()[k]
 
     def layers(self, z, upto=None):
         """Run the first ``upto`` layers on ``z`` (k, D): returns ``(z_K, sum log|det|)`` (k, D), (k,)."""
         z = _t(z)
+        uh_all = self.u_hats()
+        s_all = (self.w * uh_all).sum(axis=1)                               # (K,): w . u^
         logdet = 0.0
         for k in range(self.n_layers if upto is None else upto):
-            w, uh = self.w[k], self.u_hat(k)
-            h = F.tanh(z @ w + self.b[k])                                  # (k,)
-            z = z + h.reshape(-1, 1) * uh
-            logdet = logdet + F.log(1.0 + (1.0 - h * h) * (w * uh).sum())
+            h = F.tanh(z @ self.w[k] + self.b[k])                           # (k,)
+            z = z + h.reshape(-1, 1) * uh_all[k]
+            logdet = logdet + F.log(1.0 + (1.0 - h * h) * s_all[k])
         return z, logdet
 
     def inverse_layers(self, y, upto=None):
@@ -378,8 +387,9 @@ class PlanarNF(Module):
             z = np.array(_t(y).data, dtype=np.float64)
             logdet = np.zeros(z.shape[0])
             n = self.n_layers if upto is None else upto
+            uh_all = self.u_hats().data
             for k in range(self.n_layers - 1, self.n_layers - 1 - n, -1):
-                w, uh, b = self.w.data[k], self.u_hat(k).data, float(self.b.data[k])
+                w, uh, b = self.w.data[k], uh_all[k], float(self.b.data[k])
                 s = float(w @ uh)
                 wy = z @ w
                 lo, hi = wy - abs(s) - 1e-12, wy + abs(s) + 1e-12
