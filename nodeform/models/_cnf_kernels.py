@@ -147,6 +147,46 @@ def _units_nb(p, D, M, s, Ut, c):
         c[m] = acc
 
 
+@njit(cache=True, fastmath={"contract"})
+def _unit2_forward(row, z0, z1, w0, w1, b, u0, u1, cm, dz0, dz1, hh, k):
+    """One unit of :func:`_field_nb` for D = 2: pre-activation, tanh, then the three sums."""
+    for i in range(k):
+        row[i] = b + w0 * z0[i] + w1 * z1[i]
+    _tanh_inplace(row, k)
+    for i in range(k):
+        h = row[i]
+        dz0[i] += u0 * h
+        dz1[i] += u1 * h
+        hh[i] += cm * h * h
+
+
+# reassoc: the sums over the batch split over SIMD lanes (as _dot's); contract: FMAs
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _unit2_vjp(h, al, a0, a1, z0, z1, u0, u1, two_c, inv, w0, w1, gz0, gz1, k):
+    """One unit of :func:`planar_vjp_nb` for D = 2 in one pass over the batch.
+
+    Returns ``(sum_i al q, sum_i delta, sum_i delta z0, sum_i delta z1, sum_i a0 h,
+    sum_i a1 h)`` and adds ``w delta`` into ``gz0, gz1``.
+    """
+    s_q = s_d = s_dz0 = s_dz1 = s_ah0 = s_ah1 = 0.0
+    for i in range(k):
+        hi = h[i]
+        qi = 1.0 - hi * hi
+        ali = al[i]
+        a0i = a0[i]
+        a1i = a1[i]
+        di = inv * qi * (two_c * hi * ali + u0 * a0i + u1 * a1i)
+        s_q += ali * qi
+        s_d += di
+        s_dz0 += di * z0[i]
+        s_dz1 += di * z1[i]
+        s_ah0 += a0i * hi
+        s_ah1 += a1i * hi
+        gz0[i] += w0 * di
+        gz1[i] += w1 * di
+    return s_q, s_d, s_dz0, s_dz1, s_ah0, s_ah1
+
+
 @njit(cache=True)
 def _field_nb(y, p, D, M, Ut, c, zT, Hs, store, out):
     """Write ``[f | -tr]`` into ``out``; the tanh rows go to ``Hs[m]`` (or ``Hs[0]`` if not ``store``)."""
@@ -162,6 +202,12 @@ def _field_nb(y, p, D, M, Ut, c, zT, Hs, store, out):
     for m in range(M):
         row = Hs[m] if store else Hs[0]
         b = p[3 * M * D + m]
+        cm = c[m] * inv
+        csum += cm
+        if D == 2:                                 # the toy data: one fused pass each way
+            _unit2_forward(row, zT[0], zT[1], p[2 * m], p[2 * m + 1], b, Ut[2 * m] * inv,
+                           Ut[2 * m + 1] * inv, cm, dz[0], dz[1], hh, k)
+            continue
         for i in range(k):
             row[i] = b
         for d in range(D):
@@ -175,8 +221,6 @@ def _field_nb(y, p, D, M, Ut, c, zT, Hs, store, out):
             dzd = dz[d]
             for i in range(k):
                 dzd[i] += u * row[i]
-        cm = c[m] * inv
-        csum += cm
         for i in range(k):
             hh[i] += cm * row[i] * row[i]
     for i in range(k):
@@ -227,6 +271,20 @@ def planar_vjp_nb(t, y, theta, a, arch):
     q = np.empty(k)
     for m in range(M):
         h = Hs[m]
+        if D == 2:
+            r0, r1 = 2 * m, 2 * m + 1
+            w0, w1 = p[r0], p[r1]
+            s_q, s_d, s_dz0, s_dz1, s_ah0, s_ah1 = _unit2_vjp(
+                h, al, aT[0], aT[1], zT[0], zT[1], Ut[r0], Ut[r1], 2.0 * c[m], inv, w0, w1,
+                gzT[0], gzT[1], k)
+            gc = -inv * s_q
+            gp[3 * MD + m] = s_d
+            for r, w, s_dz, s_ah in ((r0, w0, s_dz0, s_ah0), (r1, w1, s_dz1, s_ah1)):
+                gut = inv * s_ah + gc * w
+                gp[r] = s_dz + gc * Ut[r]
+                gp[MD + r] = gut * s[r]
+                gp[2 * MD + r] = gut * p[MD + r] * s[r] * (1.0 - s[r])
+            continue
         for i in range(k):
             q[i] = 1.0 - h[i] * h[i]
         gc = -inv * _dot(al, q, k)
