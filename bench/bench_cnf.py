@@ -14,7 +14,9 @@ backward) are printed beside each time. Rows:
 
 * nodeform ``engine="numpy"``: the field, trace and VJPs by hand in NumPy, reference loops;
 * nodeform ``engine="numba"``: the same compiled, forward and adjoint solves in Numba;
-* nodeform ``engine="autodiff"``: the field built from Tensor operations (the reference);
+* nodeform ``engine="autodiff"``: the field built from Tensor operations (the reference),
+  with the closed-form trace and with the exact trace by autodiff (2 VJPs per evaluation,
+  differentiated again in the backward pass);
 * torch + torchdiffeq ``odeint_adjoint`` (float32 as the anchor, on 1 and 2 threads; and
   float64), the model written below in torch; skipped with a message when torch is not
   installed. On a busy shared machine torch's 2 threads can spin against other processes
@@ -47,8 +49,8 @@ def batches(name, n, seed=0):
 
 
 # ----------------------------------------------------------------------------- nodeform
-def nodeform_iteration(engine, theta0, data):
-    model = cnf.PlanarCNF(width=M, hidden=H, engine=engine, rng=0)
+def nodeform_iteration(engine, theta0, data, trace="closed"):
+    model = cnf.PlanarCNF(width=M, hidden=H, engine=engine, trace=trace, rng=0)
     nf.nn.vector_to_parameters(theta0, model.parameters())
     opt = nf.optim.Adam(model.parameters(), lr=1e-3)
     stats = nf.SolveStats()
@@ -161,9 +163,10 @@ def main(argv=None):
           f"rtol=atol={cnf.RTOL:g}, closed-form trace, continuous adjoint, Adam; {origin}")
     print(f"{'implementation':40s} {'s / iteration':>14s} {'NFE fwd/bwd per it':>20s} {'loss':>9s}")
     rows = []
-    engines = ["numpy", "numba"] + ([] if args.skip_autodiff else ["autodiff"])
-    for engine in engines:
-        step, stats = nodeform_iteration(engine, theta0, data)
+    engines = [("numpy", "closed"), ("numba", "closed")]
+    engines += [] if args.skip_autodiff else [("autodiff", "closed"), ("autodiff", "exact")]
+    for engine, trace in engines:
+        step, stats = nodeform_iteration(engine, theta0, data, trace)
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             step()
@@ -172,7 +175,7 @@ def main(argv=None):
         losses = []
         sec = median_time(lambda: losses.append(step()), args.repeats)
         nfe = f"{stats.nfe_forward / args.repeats:.0f} / {stats.nfe_backward / args.repeats:.0f}"
-        label = f"nodeform engine={engine!r} (float64)"
+        label = f"nodeform {engine}, {trace} trace (float64)"
         print(f"{label:40s} {sec:14.4f} {nfe:>20s} {np.mean(losses):9.4f}"
               + (f"   (first iteration incl. compile {warm:.1f} s)" if engine == "numba" else ""))
         rows.append((label, sec))

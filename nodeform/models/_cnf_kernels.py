@@ -79,11 +79,14 @@ def _forward_np(t, y, theta, arch):
     c = (W * Ut).sum(axis=1)
     Y = y.reshape(-1, D + 1)
     z = Y[:, :D]
-    h = np.tanh(z @ W.T + B)                                  # (k, M)
+    pre = z @ W.T
+    pre += B
+    h = np.tanh(pre, out=pre)                                 # (k, M)
+    hh = h * h
     out = np.empty_like(Y)
-    out[:, :D] = (h @ Ut) * (1.0 / M)
-    out[:, D] = ((h * h) @ c - c.sum()) * (1.0 / M)           # -(1/M) sum_m (1 - h^2) c_m
-    return out.ravel(), (D, M, H, W1, W2, W3, h1, h2, W, U, s, Ut, c, z, h)
+    out[:, :D] = h @ (Ut * (1.0 / M))
+    out[:, D] = hh @ (c * (1.0 / M)) - c.sum() / M           # -(1/M) sum_m (1 - h^2) c_m
+    return out.ravel(), (D, M, H, W1, W2, W3, h1, h2, W, U, s, Ut, c, z, h, hh)
 
 
 def planar_f_np(t, y, theta, arch):
@@ -93,14 +96,18 @@ def planar_f_np(t, y, theta, arch):
 
 def planar_vjp_np(t, y, theta, a, arch):
     """``(f, a^T df/dy, a^T df/dtheta, a^T df/dt)`` of :func:`planar_f_np`, by hand."""
-    out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, Ut, c, z, h) = _forward_np(t, y, theta, arch)
+    out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, Ut, c, z, h, hh) = _forward_np(t, y, theta, arch)
     A = a.reshape(-1, D + 1)
     az, al = A[:, :D], A[:, D]
-    q = 1.0 - h * h
     inv = 1.0 / M
-    gh = (az @ Ut.T + 2.0 * h * al[:, None] * c[None, :]) * inv    # (k, M)
-    gc = -(q.T @ al) * inv                                          # (M,)
-    delta = gh * q
+    # in place, with the 1/M folded into the small arrays: few passes over (k, M) arrays
+    tmp = h * al[:, None]
+    tmp *= (2.0 * inv) * c
+    delta = az @ (Ut.T * inv)
+    delta += tmp                                                    # dS/dh (k, M)
+    np.multiply(delta, hh, out=tmp)
+    delta -= tmp                                                    # * (1 - h^2)
+    gc = (hh.T @ al - al.sum()) * inv                               # -(1/M) sum_i al (1 - h^2)
     gUt = (h.T @ az) * inv + gc[:, None] * W
     gW = delta.T @ z + gc[:, None] * Ut
     gB = delta.sum(axis=0)
