@@ -331,7 +331,8 @@ class PlanarNF(Module):
         maximum likelihood). The other way inverts each layer numerically (no gradient).
     base_var : float
     init_scale : float
-        Standard deviation of the initial ``w`` and ``u``.
+        Standard deviation of the initial ``w`` and of ``u^`` (each layer starts
+        volume-preserving: ``w.u^ = 0``).
     rng : int or Generator, optional
     """
 
@@ -345,8 +346,15 @@ class PlanarNF(Module):
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
         self.dim, self.n_layers, self.direction = int(dim), int(n_layers), direction
         self.base_var = float(base_var)
-        self.w = Parameter(rng.standard_normal((self.n_layers, self.dim)) * init_scale)
-        self.u = Parameter(rng.standard_normal((self.n_layers, self.dim)) * init_scale)
+        w = rng.standard_normal((self.n_layers, self.dim)) * init_scale
+        u = rng.standard_normal((self.n_layers, self.dim)) * init_scale
+        # Start every layer volume-preserving (w.u^ = 0, u^ = u's part orthogonal to w): put
+        # u's component along w where m(w.u) = 0. With u drawn near 0 instead, m(0) = -0.31
+        # and each fresh layer contracts by 0.69 along w: 64 of them squash the data to a
+        # point (a starting NLL above 20 nats on the circles, which 1,000 steps do not undo).
+        wu0 = math.log(math.expm1(1.0 - MARGIN))                           # m(wu0) = 0
+        u += ((wu0 - (w * u).sum(axis=1)) / (w * w).sum(axis=1))[:, None] * w
+        self.w, self.u = Parameter(w), Parameter(u)
         self.b = Parameter(np.zeros(self.n_layers))
 
     def u_hats(self):
