@@ -9,10 +9,7 @@ import numpy as np
 
 from nodeform.ode import errors as _st
 from nodeform.ode.adams import MAX_ORDER, integrate_adams
-from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentError,
-                                 StepSizeUnderflowError, max_steps_message, nonfinite_message,
-                                 underflow_message)
-from nodeform.ode.loops import check_vector_field_output
+from nodeform.ode.errors import SolverArgumentError
 
 __all__ = ["run_adams"]
 
@@ -74,23 +71,6 @@ def _run_numba(f, args, t_arr, y0, rtol, atol, first_step, max_steps, max_step, 
                    "order": tr[:m, 4].astype(np.int64)}
     if status == _st.ST_OK:
         return [ys[i] for i in range(ys.shape[0])], stats, trace_d
-    t_fail, h_fail, step = float(info[6]), float(info[7]), stats["n_steps"]
-    bad = None if bad < 0 else int(bad)
-    if status == _st.ST_BAD_SHAPE:
-        check_vector_field_output(f(float(t_arr[0]), y0, *args), y0, float(t_arr[0]))
-        exc = SolverArgumentError("`f` returned an array of the wrong length during the solve; "
-                                  "it must always return shape (n,) like `y`.")
-    elif status == _st.ST_MAX_STEPS:
-        exc = MaxStepsError(max_steps_message(max_steps, t_fail, float(t_arr[-1]), h_fail,
-                                              stats["n_accepted"], stats["n_rejected"]),
-                            t=t_fail, step=step)
-    elif status == _st.ST_UNDERFLOW:
-        exc = StepSizeUnderflowError(underflow_message(t_fail, step, h_fail), t=t_fail, step=step)
-    elif status == _st.ST_NONFINITE_START:
-        what = "derivative f(t0, y0)" if np.all(np.isfinite(y0)) else "initial state y0"
-        exc = NonFiniteError(nonfinite_message(what, t_fail, 0), t=t_fail, step=0)
-    else:
-        exc = NonFiniteError(underflow_message(t_fail, step, h_fail, bad), t=t_fail, step=step)
-    exc.partial = [ys[i] for i in range(int(info[1]))]
-    exc.stats = stats
-    raise exc
+    from nodeform.ode.api import raise_numba_failure
+    raise_numba_failure(status, info, bad, f, args, t_arr, y0, ys, stats, max_steps,
+                        cause_known=False, nonfinite_by_shrinking=True)

@@ -273,6 +273,20 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
                    "error_ratio": tr[:m, 2].copy(), "accepted": tr[:m, 3] > 0.5}
     if status == _st.ST_OK:
         return ys, stats, trace_d
+    raise_numba_failure(status, info, bad, f, args, t_arr, y0, ys, stats, max_steps,
+                        cause_known=tab.adaptive and step_size is None)
+
+
+def raise_numba_failure(status, info, bad, f, args, t_arr, y0, ys, stats, max_steps,
+                        cause_known, nonfinite_by_shrinking=False):
+    """Raise the :class:`SolverError` a compiled loop reported through ``info``.
+
+    Shared by the Runge–Kutta and Adams loops (same ``info`` layout:
+    ``[status, n_out, nfev, n_steps, n_accepted, n_rejected, t, h, (cause)]``).
+    ``cause_known``: the loop records why a step went non-finite in ``info[8]``;
+    ``nonfinite_by_shrinking``: else, a non-finite failure means the loop shrank ``h``
+    to underflow while every try produced NaN/inf (the Adams loop), and says so.
+    """
     t_fail, h_fail, step = float(info[6]), float(info[7]), stats["n_steps"]
     bad = None if bad < 0 else int(bad)
     if status == _st.ST_BAD_SHAPE:  # rerun the call in Python to build the precise message
@@ -288,7 +302,7 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
     elif status == _st.ST_NONFINITE_START:
         what = "derivative f(t0, y0)" if np.all(np.isfinite(y0)) else "initial state y0"
         exc = NonFiniteError(nonfinite_message(what, t_fail, 0), t=t_fail, step=0)
-    elif status == _st.ST_NONFINITE and tab.adaptive and step_size is None:
+    elif status == _st.ST_NONFINITE and cause_known:
         from nodeform.ode._numba_rk import nonfinite_cause_words
         y_last = ys[max(int(info[1]) - 1, 0)] if info[1] > 0 else y0
         cause = nonfinite_cause_words(int(info[8]), bad, y_last)
@@ -296,6 +310,8 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
                   if step else "")
         exc = NonFiniteError(f"non-finite values (NaN or inf) at t = {t_fail:.17g}, step {step}: "
                              f"{cause}.{shrunk}", t=t_fail, step=step)
+    elif nonfinite_by_shrinking:
+        exc = NonFiniteError(underflow_message(t_fail, step, h_fail, bad), t=t_fail, step=step)
     else:
         exc = NonFiniteError(nonfinite_message("state", t_fail, step, bad), t=t_fail, step=step)
     exc.partial = [ys[i] for i in range(int(info[1]))]
