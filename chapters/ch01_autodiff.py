@@ -76,6 +76,16 @@ class Scalar:
         t = np.tanh(self.value)
         return Scalar(t, (self,), (lambda g: g * (1 - t * t),))
 
+    def exp(self):
+        e = np.exp(self.value)
+        return Scalar(e, (self,), (lambda g: g * e,))
+
+    def __pow__(self, p):
+        """self ** p for a constant number p (exercise ex1_2)."""
+        # BEGIN SOLUTION ex1_2
+        return Scalar(self.value ** p, (self,), (lambda g: g * p * self.value ** (p - 1),))
+        # END SOLUTION ex1_2
+
     def backward(self):
         order, seen = [], set()
 
@@ -161,12 +171,14 @@ def node(value, inputs, vjps):
 
 def unbroadcast(g, shape):
     """Sum the cotangent `g` over the axes broadcasting added or stretched, back to `shape`."""
+    # BEGIN SOLUTION ex1_8
     while g.ndim > len(shape):
         g = tsum(g, axis=0)                          # a leading axis broadcasting added
     for axis, n in enumerate(shape):
         if n == 1 and g.shape[axis] != 1:
             g = tsum(g, axis=axis, keepdims=True)    # a size-1 axis broadcasting stretched
     return g
+    # END SOLUTION ex1_8
 
 
 def add(x, y):
@@ -177,13 +189,17 @@ def add(x, y):
 
 def mul(x, y):
     x, y = lift(x), lift(y)
+    # BEGIN SOLUTION ex1_6
     return node(x.value * y.value, (x, y), (lambda g: unbroadcast(g * y, x.shape),
                                             lambda g: unbroadcast(g * x, y.shape)))
+    # END SOLUTION ex1_6
 
 
 def matmul(x, y):                                    # 2-D @ 2-D
     x, y = lift(x), lift(y)
+    # BEGIN SOLUTION ex1_7
     return node(x.value @ y.value, (x, y), (lambda g: g @ y.T, lambda g: x.T @ g))
+    # END SOLUTION ex1_7
 
 
 def transpose(x):
@@ -218,8 +234,16 @@ def tsum(x, axis=None, keepdims=False):
                 (lambda g: broadcast_to(reshape(g, kept), x.shape),))
 
 
+def tlog(x):
+    """Natural logarithm, forward and VJP (exercise ex1_1; the chapter does not use it)."""
+    # BEGIN SOLUTION ex1_1
+    return node(np.log(x.value), (x,), (lambda g: g * power(x, -1.0),))
+    # END SOLUTION ex1_1
+
+
 def toposort(root):
     """Every node `root` depends on, each after all of its parents (inputs first)."""
+    # BEGIN SOLUTION ex1_9
     order, seen = [], set()
 
     def visit(v):
@@ -230,18 +254,21 @@ def toposort(root):
             order.append(v)
     visit(root)
     return order
+    # END SOLUTION ex1_9
 
 
 def gradients(out, inputs, create_graph=False):
     """d out / d inputs for a one-element `out`, by one reverse sweep over the graph."""
     saved, RECORD[0] = RECORD[0], create_graph
     try:
+        # BEGIN SOLUTION ex1_10
         grads = {id(out): Tiny(np.ones_like(out.value))}
         for v in reversed(toposort(out)):            # outputs first: each g is complete here
             g = grads.get(id(v))
             for parent, vjp in zip(v.parents, v.vjps):
                 gp = vjp(g)
                 grads[id(parent)] = gp if id(parent) not in grads else grads[id(parent)] + gp
+        # END SOLUTION ex1_10
     finally:
         RECORD[0] = saved
     return [grads.get(id(x), Tiny(np.zeros_like(x.value))) for x in inputs]

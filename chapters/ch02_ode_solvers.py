@@ -77,10 +77,12 @@ def vdp_py(t, y, mu=1.0):
 
 def euler(f, t0, y0, t1, n):
     """n Euler steps from (t0, y0) to t1."""
+    # BEGIN SOLUTION ex2_5
     h, y = (t1 - t0) / n, y0
     for k in range(n):
         y = y + h * f(t0 + k * h, y)
     return y
+    # END SOLUTION ex2_5
 
 
 errs = [np.abs(euler(linear, 0.0, y0_lin, T, n) - exact_lin).max() for n in (100, 200, 400)]
@@ -160,6 +162,7 @@ lin4 = nf.ButcherTableau("lin4", order=2, **LIN4)       # the order it really ha
 
 def rk_step(f, t, y, f0, h, tab):
     """One explicit RK step: stages K (s, n), y_new, and the error estimate (or None)."""
+    # BEGIN SOLUTION ex2_6
     K = np.empty((tab.n_stages,) + y.shape)
     K[0] = f0
     for i in range(1, tab.n_stages):
@@ -167,6 +170,7 @@ def rk_step(f, t, y, f0, h, tab):
     y_new = y + h * (tab.b @ K)
     err = None if tab.e is None else h * (tab.e @ K)
     return y_new, K, err
+    # END SOLUTION ex2_6
 
 
 def fixed_solve(f, y0, t1, n, tab):
@@ -253,12 +257,15 @@ PI_ALPHA, PI_BETA = 0.85, 0.2                     # PI exponents, in units of 1/
 
 def error_norm(err, y, y_new, rtol, atol):
     """RMS of the error scaled by atol + rtol * max(|y|, |y_new|); <= 1 accepts."""
+    # BEGIN SOLUTION ex2_7
     scale = atol + rtol * np.maximum(np.abs(y), np.abs(y_new))
     return float(np.sqrt(np.mean((err / scale) ** 2)))
+    # END SOLUTION ex2_7
 
 
 def initial_step(f, t0, y0, f0, q, rtol, atol, span):
     """Hairer's first step: one Euler probe to estimate y''."""
+    # BEGIN SOLUTION ex2_8
     scale = atol + rtol * np.abs(y0)
     rms = lambda x: float(np.sqrt(np.mean(x ** 2)))          # noqa: E731
     d0, d1 = rms(y0 / scale), rms(f0 / scale)
@@ -266,6 +273,7 @@ def initial_step(f, t0, y0, f0, q, rtol, atol, span):
     d2 = rms((f(t0 + h0, y0 + h0 * f0) - f0) / scale) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / (q + 1))
     return min(100 * h0, h1, span)
+    # END SOLUTION ex2_8
 
 
 def i_factor(ratio, ratio_prev, q):
@@ -278,21 +286,26 @@ def pi_factor(ratio, ratio_prev, q):
 
 def next_step(h, ratio, ratio_prev, q, controller, after_reject):
     """The next |h| after a step with error ratio `ratio`, clamped."""
+    # BEGIN SOLUTION ex2_9
     factor = MAX_FACTOR if ratio == 0 else controller(ratio, ratio_prev, q)
     factor = min(MAX_FACTOR, max(MIN_FACTOR, factor))
     if ratio > 1 or after_reject:          # rejected, or just after one: never grow
         factor = min(1.0, factor)
     return h * factor
+    # END SOLUTION ex2_9
 
 
 def dense_output(y, K, h, theta, tab):
     """y(t + theta h) from the stages of the step (tab.P: polynomial weights per stage)."""
+    # BEGIN SOLUTION ex2_10
     w = tab.P @ theta ** np.arange(1, tab.P.shape[1] + 1)     # w_i(theta), (s,)
     return y + h * (w @ K)
+    # END SOLUTION ex2_10
 
 
 def adaptive_solve(f, y0, t_out, tab, rtol, atol, controller):
     """Adaptive solve of an FSAL pair with dense output; returns ys, nfev, rejected, trace."""
+    # BEGIN SOLUTION ex2_11
     t, y, t_end = t_out[0], y0, t_out[-1]
     f0, q = f(t, y), tab.err_order
     h = initial_step(f, t, y, f0, q, rtol, atol, t_end - t)
@@ -317,6 +330,7 @@ def adaptive_solve(f, y0, t_out, tab, rtol, atol, controller):
         ratio_prev, after_reject = max(ratio, 1e-4), False
         t, y, f0 = t_new, y_new, K[-1]                     # FSAL: last stage = f(t_new, y_new)
     return np.array(ys), nfev, rejected, np.array(trace)
+    # END SOLUTION ex2_11
 
 
 # %% [markdown]

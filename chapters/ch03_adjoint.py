@@ -97,28 +97,35 @@ def f_array(t, z, W):
 
 def augmented_dynamics(t, s, W, shape, ft=f_tensor):
     """d/dt [z, a, a_W, a_t] = [f, -a^T df/dz, -a^T df/dW, -a^T df/dt] (flat)."""
+    # BEGIN SOLUTION ex3_9
     n = int(np.prod(shape))
     z, a = s[:n].reshape(shape), s[n:2 * n].reshape(shape)
     fz, vjp_fn = nf.vjp(ft, np.asarray(t, dtype=float), z, W)
     a_dfdt, a_dfdz, a_dfdW = vjp_fn(a)
     return np.concatenate([fz.ravel(), -a_dfdz.ravel(), -a_dfdW.ravel(), [-float(a_dfdt)]])
+    # END SOLUTION ex3_9
 
 
 def start_values(t_N, z_N, g_N, W, fa=f_array):
     """a, a_W, a_t and dL/dt_N at the last observation."""
+    # BEGIN SOLUTION ex3_7
     dL_dtN = float((g_N * fa(t_N, z_N, W)).sum())
     return g_N.copy(), np.zeros(W.size), -dL_dtN, dL_dtN
+    # END SOLUTION ex3_7
 
 
 def observation_jump(a, a_t, g_i, t_i, z_i, W, with_time, fa=f_array):
     """At an observation: a += g_i; dL/dt_i = g_i . f(z_i, t_i); a_t -= dL/dt_i."""
+    # BEGIN SOLUTION ex3_8
     dL_dti = float((g_i * fa(t_i, z_i, W)).sum()) if with_time else 0.0
     return a + g_i, a_t - dL_dti, dL_dti
+    # END SOLUTION ex3_8
 
 
 def backward_sweep(t_obs, zs, g, W, rtol, atol, restart=True, n_dense=0, ft=f_tensor,
                    fa=f_array):
     """dL/dz0, dL/dW, dL/dt from the stored states zs (N+1, *shape) and cotangents g."""
+    # BEGIN SOLUTION ex3_10
     N, shape, n = len(t_obs) - 1, zs.shape[1:], zs[0].size
     a, a_W, a_t, dL_dt_N = start_values(t_obs[N], zs[N], g[N], W, fa)
     dL_dt, z, nfev, path = np.zeros(N + 1), zs[N], 0, []
@@ -136,6 +143,7 @@ def backward_sweep(t_obs, zs, g, W, rtol, atol, restart=True, n_dense=0, ft=f_te
                                                 i - 1 >= 1, fa)
     dL_dt[0] = a_t
     return a, a_W.reshape(W.shape), dL_dt, nfev, path, z
+    # END SOLUTION ex3_10
 
 
 # %% [markdown]
@@ -283,6 +291,7 @@ check("ch03.backward_nfe", stats.nfe_backward > stats.nfe_forward,
 # %%
 def rk_step_tensor(f, t, y, h, tab):
     """One RK step on Tensors: every stage is recorded on the tape."""
+    # BEGIN SOLUTION ex3_11
     K = [f(t, y)]
     for i in range(1, tab.n_stages):
         acc = None
@@ -295,14 +304,17 @@ def rk_step_tensor(f, t, y, h, tab):
         if tab.b[j] != 0.0:
             acc = K[j] * float(tab.b[j]) if acc is None else acc + K[j] * float(tab.b[j])
     return y + acc * h
+    # END SOLUTION ex3_11
 
 
 def backprop_solve(f, y0, t_grid, tab):
+    # BEGIN SOLUTION ex3_12
     ys, y = [y0], y0
     for t, t_next in zip(t_grid[:-1], t_grid[1:]):
         y = rk_step_tensor(f, float(t), y, float(t_next - t), tab)
         ys.append(y)
     return ys
+    # END SOLUTION ex3_12
 
 
 grid = np.linspace(0.0, 1.7, 35)

@@ -469,7 +469,10 @@ def load_definitions(path, names=None):
 
     Chapters are scripts that run experiments top to bottom; the exercise tests need
     just the functions the student wrote. This runs the ``import``/``def``/``class``
-    statements and assignments to upper-case names, in order, and skips the rest.
+    statements and assignments to upper-case names (``A = ...``, ``A, B = ...``), in
+    order, and skips the rest. An upper-case assignment that reads a name the skipped code would have made
+    (e.g. ``X = rng.standard_normal(...)``, with ``rng`` an experiment's) is data of
+    an experiment, not a definition: it is left out too (a ``NameError`` there).
 
     Returns
     -------
@@ -478,17 +481,23 @@ def load_definitions(path, names=None):
     import types
     path = Path(path)
     tree = ast.parse(path.read_text(), filename=str(path))
-    keep = []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
-            keep.append(node)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if all(isinstance(t, ast.Name) and t.id.isupper() for t in targets):
-                keep.append(node)
-    module = ast.Module(body=keep, type_ignores=[])
     ns = {"__name__": f"chapter_{path.stem}", "__file__": str(path)}
-    exec(compile(module, str(path), "exec"), ns)
+    for node in tree.body:
+        keep = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
+        data = False
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            assigned = [n for t in targets
+                        for n in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]
+            data = keep = all(isinstance(n, ast.Name) and n.id.isupper() for n in assigned)
+        if not keep:
+            continue
+        code = compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec")
+        try:
+            exec(code, ns)
+        except NameError:
+            if not data:
+                raise
     if names is not None:
         missing = [n for n in names if n not in ns]
         if missing:
