@@ -605,16 +605,54 @@ check("ch02.blowup_reported", failed is not None and abs(failed.t - 1.0) < 1e-3
 #
 # ## Exercises
 #
-# - **ex2_1** Write the tableau of Heun's third-order method and of Kutta's 3/8 rule as
-#   `ButcherTableau`s (with `order=`), and confirm the orders by measured slopes on
-#   Van der Pol.
-# - **ex2_2** The controller exponent: show that if the error model $C h^{q+1}$ is
-#   exact, the I controller's exponent $1/(q+1)$ makes the next error ratio
-#   $0.9^{q+1}$ (about 0.59 for dopri5). Run the built `adaptive_solve` with `SAFETY`
-#   0.5 and 0.99 and explain the NFE and the rejection count.
-# - **ex2_3** Replace `dense_output` by linear interpolation between steps. How does the
-#   error at 1,000 output times change at rtol 1e-6? Why must an interpolant be at least
-#   order $q$ for outputs to be as accurate as the steps?
-# - **ex2_4** Solve the stiff problem of section 6 with $\lambda = -10^5$ on $[0, 0.1]$
-#   at rtol 1e-6 and read the trace: how many steps, how many rejected, and what limits
-#   $h$?
+# Code exercises sit between `# BEGIN SOLUTION exN_M` and `# END SOLUTION exN_M` in the
+# built code above (or in the library where named); in a student copy
+# (`python -m nodeform classroom make DIR`) each is a `raise NotImplementedError(...)`
+# with a hint. Check one with `python -m nodeform classroom check ex2_7`, all with
+# `python -m nodeform classroom grade`. Suggested order: ex2_5, ex2_6, ex2_7, ex2_8,
+# ex2_9, ex2_10, ex2_11, then the open ones. None of them needs an edit inside the
+# library: the solver's knobs are keyword arguments of `nf.solve` / `nf.odeint`
+# (`safety=`, `controller=` with a pair of exponents, `norm=`, `interpolant=`), honoured
+# by both engines (the compiled one refuses what it cannot do, with a message).
+#
+# | id | level | what | where |
+# |---|---|---|---|
+# | ex2_1 | ★★ | *open:* Heun's third-order method and Kutta's 3/8 rule as tableaus (below) | a new cell |
+# | ex2_2 | ★★ | *open:* the safety factor (below) | `nf.solve(..., safety=)` |
+# | ex2_3 | ★★ | *open:* linear interpolation instead of dense output (below) | `nf.solve(..., interpolant=)` |
+# | ex2_4 | ★★ | *open:* a very stiff problem, read from the trace (below) | `nf.solve(..., trace=True)` |
+# | ex2_5 | ★ | `euler`: n fixed Euler steps | `euler`, section 1 |
+# | ex2_6 | ★★ | `rk_step`: one explicit RK step from a tableau, with the error estimate | `rk_step`, section 2 |
+# | ex2_7 | ★ | `error_norm`: the scaled RMS error ratio | `error_norm`, section 3 |
+# | ex2_8 | ★★ | `initial_step`: Hairer's first step | `initial_step`, section 3 |
+# | ex2_9 | ★★ | `next_step`: the controller's factor, clamps, no growth after a rejection | `next_step`, section 3 |
+# | ex2_10 | ★★ | `dense_output`: the interpolant of a step | `dense_output`, section 3 |
+# | ex2_11 | ★★★ | `adaptive_solve`: the loop, with exactly `nf.solve`'s evaluation count | `adaptive_solve`, section 3 |
+# | ex2_12 | ★ | the library's max norm, behind `nf.solve(..., norm="max")` | `max_norm` in `nodeform/ode/controller.py` |
+#
+# **ex2_1.** Write Heun's third-order method ($c = (0, 1/3, 2/3)$, $b = (1/4, 0, 3/4)$)
+# and Kutta's 3/8 rule ($c = (0, 1/3, 2/3, 1)$, $b = (1, 3, 3, 1)/8$) as
+# `nf.ButcherTableau(name, c=, A=, b=, order=)`, and confirm the orders by measured
+# slopes on Van der Pol with `fixed_solve` (step counts 16 to 128 on $[0, 1]$).
+#
+# **ex2_2.** (a) Show that if the error model $\text{err} = C h^{q+1}$ is exact, the I
+# controller's step $h\,\text{safety}\,r^{-1/(q+1)}$ makes the next ratio
+# $\text{safety}^{q+1}$ (about 0.59 for dopri5 at 0.9). (b) Measure: Van der Pol on
+# $[0, 20]$ at rtol $10^{-6}$, atol $10^{-9}$ with `nf.solve(..., safety=s,
+# controller="i", trace=True)` for $s \in \{0.5, 0.7, 0.9, 0.99\}$; tabulate `nfev`,
+# `n_rejected` and the median accepted error ratio, and explain both ends. The
+# compiled engine has the default built in: with `vdp` (the `@njit` field of section 7),
+# `safety=` falls back on the reference engine, and `engine="numba"` refuses it.
+#
+# **ex2_3.** Solve Van der Pol on $[0, 20]$ at rtol $10^{-6}$, atol $10^{-9}$ with 1,000
+# output times, once with the default dense output and once with
+# `interpolant="linear"`, and measure the error at the outputs against the DOP853
+# reference of section 3. Is `nfev` the same? Why must an interpolant have order at
+# least $q$ for the outputs to be as accurate as the steps?
+#
+# **ex2_4.** Solve the stiff problem of section 6 with $\lambda = -10^5$ on $[0, 0.1]$
+# at rtol = atol = $10^{-6}$ (`nf.solve(stiff5, np.array([1.0]), [0.0, 0.1], rtol=1e-6,
+# atol=1e-6, trace=True)`; the default `max_steps` suffices; on $[0, 10]$ it would need
+# about 300,000 steps and stops with `MaxStepsError`, which says so). From the trace:
+# how many steps, how many rejected, the median $h\lvert\lambda\rvert$, and what limits
+# $h$? Repeat with `controller="i"` and compare the rejections.

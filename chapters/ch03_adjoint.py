@@ -676,18 +676,53 @@ else:
 #
 # ## Exercises
 #
-# 1. **ex3_1** Write Algorithm 1 alone (one interval, no time gradients) from
-#    `augmented_dynamics`, and check it against `backward_sweep` with two times.
-# 2. **ex3_2** With `backward_sweep(..., restart=False)`, measure how the gradient
-#    error grows with the number of observations on the spiral (a contracting system:
-#    running it backwards expands).
-# 3. **ex3_3** Use the Euler method for both solves. Why does the continuous adjoint now
-#    disagree with backprop by O(h), and which one is the right gradient of the loss the
-#    optimizer actually sees?
-# 4. **ex3_4** Replace the adjoint's error norm over $[z, a, a_\theta]$ by one over
-#    $[z, a]$ only (a "seminorm", Kidger et al. 2021). Count the backward evaluations.
-# 5. **ex3_5** Train the spiral with `adjoint="backprop"` and compare time per iteration
-#    and peak memory with the adjoint.
-# 6. **ex3_6** Train the spiral with windows of 40 points instead of 10 (same number of
-#    iterations) and compare the printed phase error at $t = 25$ and the time per
-#    iteration.
+# Code exercises sit between `# BEGIN SOLUTION exN_M` and `# END SOLUTION exN_M` in the
+# built code above; in a student copy (`python -m nodeform classroom make DIR`) each is a
+# `raise NotImplementedError(...)` with a hint. Check one with
+# `python -m nodeform classroom check ex3_10`, all with `python -m nodeform classroom grade`.
+# Suggested order: ex3_7, ex3_8, ex3_9, ex3_10, ex3_12, ex3_11, then the open ones. The
+# open ones need no edit inside the library: restarts and the backward error norm are
+# options of `nf.odeint` (`adjoint_restart=False`, `adjoint_options=dict(norm="seminorm")`).
+#
+# | id | level | what | where |
+# |---|---|---|---|
+# | ex3_1 | ★★ | *open:* Algorithm 1 alone (below) | a new cell |
+# | ex3_2 | ★★ | *open:* restarts off: how the gradient error grows (below) | `nf.odeint(..., adjoint_restart=False)` |
+# | ex3_3 | ★★★ | *open:* Euler in both solves: adjoint against backprop (below) | `nf.odeint(..., method="euler")` |
+# | ex3_4 | ★★ | *open:* the seminorm (below) | `adjoint_options=dict(norm="seminorm")` |
+# | ex3_5 | ★★ | *open:* the spiral trained with backprop: time and memory (below) | section 8 |
+# | ex3_6 | ★★★ | *open:* the spiral with longer windows (below) | section 8 |
+# | ex3_7 | ★ | `start_values`: the adjoint state at the last observation | `start_values`, section 2 |
+# | ex3_8 | ★ | `observation_jump`: the jump at an observation | `observation_jump`, section 2 |
+# | ex3_9 | ★★ | `augmented_dynamics`: $d/dt\,[z, a, a_W, a_t]$ from one VJP | `augmented_dynamics`, section 2 |
+# | ex3_10 | ★★★ | `backward_sweep`: Algorithm 2 with jumps and restarts | `backward_sweep`, section 2 |
+# | ex3_11 | ★★ | `rk_step_tensor`: an RK step recorded on the tape | `rk_step_tensor`, section 5 |
+# | ex3_12 | ★ | `backprop_solve`: a fixed-grid solve on Tensors | `backprop_solve`, section 5 |
+#
+# **ex3_1.** Write Algorithm 1 alone (one interval, no time gradients) from
+# `augmented_dynamics`: one backward solve from $t_1$ to $t_0$, and check it against
+# `backward_sweep` with two observation times.
+#
+# **ex3_2.** On the spiral of section 3 ($\dot y = y^{\odot 3}A$, $y_0 = (2, 0)$,
+# $t \in [0, 10]$, $L = \sum_i \lvert z(t_i)\rvert^2$, gradient with respect to $A$), compute
+# the gradient with `nf.odeint(..., params=[A], adjoint_restart=False)` and with the
+# default restarts, at rtol $10^{-6}$, atol $10^{-8}$, for 2, 6, 11, 21 and 41 equally
+# spaced observations, against a reference with restarts at rtol $10^{-10}$. Plot the
+# relative errors against the number of observations and explain the difference.
+#
+# **ex3_3.** Use `method="euler", step_size=0.05` for the forward and the backward solve
+# (`adjoint_method="euler", adjoint_options=dict(step_size=0.05)`), on the field of
+# section 2. Why do the continuous adjoint and backprop now disagree by $O(h)$, and which
+# one is the exact gradient of the loss the optimizer actually sees?
+#
+# **ex3_4.** The backward error norm runs over $[z, a, a_\theta, a_t]$; the seminorm
+# (Kidger, Chen, Lyons 2021) leaves out $a_\theta$ and $a_t$, which feed nothing back.
+# For the MLP field of section 6 at rtol $10^{-6}$, compare `stats.nfe_backward` and the
+# gradient error (against rtol $10^{-12}$) with `adjoint_options=dict(norm="seminorm")`
+# and without.
+#
+# **ex3_5.** Train the spiral with `adjoint="backprop"` and compare the time per iteration
+# and the peak memory (`tracemalloc`, as in section 7) with the adjoint.
+#
+# **ex3_6.** Train the spiral with windows of 40 points instead of 10 (same number of
+# iterations) and compare the printed phase error at $t = 25$ and the time per iteration.

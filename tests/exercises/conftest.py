@@ -6,7 +6,6 @@ what to look at (``python -m nodeform classroom check ex2_3`` runs one exercise)
 """
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nodeform.classroom import load_definitions
