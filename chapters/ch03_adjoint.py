@@ -703,12 +703,13 @@ else:
 # `augmented_dynamics`: one backward solve from $t_1$ to $t_0$, and check it against
 # `backward_sweep` with two observation times.
 #
-# **ex3_2.** On the spiral of section 3 ($\dot y = y^{\odot 3}A$, $y_0 = (2, 0)$,
-# $t \in [0, 10]$, $L = \sum_i \lvert z(t_i)\rvert^2$, gradient with respect to $A$), compute
-# the gradient with `nf.odeint(..., params=[A], adjoint_restart=False)` and with the
-# default restarts, at rtol $10^{-6}$, atol $10^{-8}$, for 2, 6, 11, 21 and 41 equally
-# spaced observations, against a reference with restarts at rtol $10^{-10}$. Plot the
-# relative errors against the number of observations and explain the difference.
+# **ex3_2.** Take $\dot z = Mz$ with $M = \begin{bmatrix}-1 & 2\\ -2 & -1\end{bmatrix}$ (it
+# contracts forwards, so backwards it expands), $z_0 = (2, 0)$, $t\in[0, 10]$,
+# $L = \sum_{i\ge1} \lvert z(t_i)\rvert^2$, and the gradient with respect to $M$. Compute it
+# with `nf.odeint(..., params=[M], adjoint_restart=False)` and with the default restarts,
+# at rtol $10^{-6}$, atol $10^{-8}$, for 2, 6, 11, 21 and 41 equally spaced observations,
+# against a reference with restarts at rtol $10^{-10}$. Tabulate the relative errors and
+# explain the difference (and why it vanishes with 2 observations).
 #
 # **ex3_3.** Use `method="euler", step_size=0.05` for the forward and the backward solve
 # (`adjoint_method="euler", adjoint_options=dict(step_size=0.05)`), on the field of
