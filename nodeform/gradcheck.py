@@ -180,7 +180,8 @@ def gradcheck(fun, *inputs, eps=DEFAULT_EPS, rtol=1e-5, atol=1e-8, mode="auto",
     fun : callable
         Maps Tensors (one per input) to a Tensor of any shape.
     *inputs : array_like or Tensor
-        Where to check; float64 recommended.
+        Where to check; float64 recommended (a failed check in float32 says so: its
+        central differences are mostly round-off).
     eps : float
         Central-difference step.
     rtol, atol : float
@@ -240,10 +241,13 @@ def gradcheck(fun, *inputs, eps=DEFAULT_EPS, rtol=1e-5, atol=1e-8, mode="auto",
 
         checks += _check_first_order(grad_fun, arrays, wrt, eps, rtol * 10, atol * 10, mode,
                                      n_directions, rng, label="second-order ")
-    return _report(fun, checks)
+    dtypes = {str(arrays[k].dtype) for k in wrt}
+    if isinstance(out0, Tensor):
+        dtypes.add(str(out0.dtype))
+    return _report(fun, checks, sorted(d for d in dtypes if d != "float64"))
 
 
-def _report(fun, checks):
+def _report(fun, checks, low_precision=()):
     worst = max(checks, key=lambda c: c["error"]) if checks else {}
     max_err = worst.get("error", 0.0)
     ok = bool(max_err <= 1.0) and all(np.isfinite(c["analytic"]) for c in checks)
@@ -257,4 +261,8 @@ def _report(fun, checks):
                 f"tolerance. Worst: {worst['test']} check, argument {worst['arg']}, index "
                 f"{worst['index']}: analytic {worst['analytic']:.10g}, numeric "
                 f"{worst['numeric']:.10g} (error {max_err:.3g} times the tolerance).")
+        if low_precision:
+            text += (f" Likely cause: the check ran in {', '.join(low_precision)}, whose "
+                     "round-off (about 1e-7 / eps in a central difference) swamps it; pass "
+                     "float64 inputs (and compute in float64) before suspecting the gradient.")
     return GradcheckResult(ok, float(max_err), text, worst, checks)

@@ -2,5 +2,5 @@
 
 Taught in chapters/ch03_adjoint.py.
 """
-from nodeform.adjoint.odeint import ADJOINTS, SolveStats, check_registered, odeint  # noqa: F401
+from nodeform.adjoint.odeint import ADJOINTS, SolveStats, odeint  # noqa: F401
 from nodeform.adjoint.numba_field import NumbaField, mlp_field  # noqa: F401

@@ -70,7 +70,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nodeform.autodiff.tensor import Tensor, enable_grad, gradients, no_grad
+from nodeform.autodiff.tensor import Tensor, backprop, enable_grad, no_grad, watching
+from nodeform.ode.errors import VectorFieldError
 
 # ============================================================ the augmented state layout
 # s = [ z (n) | a (n) | a_theta (p) | a_t (1 if time gradients are wanted) ]
@@ -114,10 +115,17 @@ class TensorField:
     shape : tuple
         Shape of the state ``y``.
     dtype : dtype
+    admit : callable, optional
+        ``admit(tensors, t)``: called from :meth:`vjp` with the Tensors requiring grad
+        that ``func`` read from outside but that are neither parameters nor in
+        ``self.known``; it raises, or adds their ids to ``self.known``. A parameter
+        missed there would silently get no gradient.
     """
 
-    def __init__(self, func, params, shape, dtype):
+    def __init__(self, func, params, shape, dtype, admit=None):
         self.func, self.params, self.shape, self.dtype = func, params, shape, dtype
+        self.admit = admit
+        self.known = {id(p) for p in params}
         self.nfev = 0
 
     def f(self, t, y):
@@ -125,22 +133,34 @@ class TensorField:
         self.nfev += 1
         with no_grad():
             out = self.func(t, Tensor(y.reshape(self.shape)))
+        if not isinstance(out, Tensor):
+            raise VectorFieldError(
+                f"`func(t, y)` returned a {type(out).__name__} at t = {float(t):.6g}; with Tensors "
+                "it must return a Tensor shaped like y, built with nodeform operations "
+                "(`nf.tanh`, `@`, ...), so that its gradient can be taken.", t=float(t))
         return out.data
 
     def vjp(self, t, y, a, with_t):
         """``f``, ``a^T df/dy``, ``a^T df/dtheta`` (flat), ``a^T df/dt`` at ``(t, y)``."""
         self.nfev += 1
         xp = _xp(y)
-        with enable_grad():
+        with enable_grad(), watching() as seen:
             z = Tensor(y.reshape(self.shape)).requires_grad_(True)
             tt = Tensor(xp.asarray(t, dtype=self.dtype)).requires_grad_(True) if with_t else t
             out = self.func(tt, z)
             inputs = [z] + ([tt] if with_t else []) + self.params
-            if not out.requires_grad:
+            if not isinstance(out, Tensor) or not out.requires_grad:
                 gs = [None] * len(inputs)
             else:
-                # retain_graph: func may reuse Tensors computed from the parameters outside it
-                gs = gradients(out, inputs, seed=a.reshape(self.shape), retain_graph=True)
+                # parameters are leaves here (their cotangents are partial derivatives);
+                # retain_graph: func may use Tensors computed from them outside it
+                gs = backprop(out, a.reshape(self.shape), inputs, retain_graph=True,
+                              stop_at_inputs=True)
+        if self.admit is not None:
+            known = self.known
+            new = [x for k, x in seen.read.items() if k not in known and x is not z and x is not tt]
+            if new:
+                self.admit(new, float(t))
         gs = [g.data if g is not None else xp.zeros(i.shape, self.dtype) for g, i in zip(gs, inputs)]
         g_theta = (xp.concatenate([g.ravel() for g in gs[1 + with_t:]])
                    if self.params else xp.zeros(0, self.dtype))

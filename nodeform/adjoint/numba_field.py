@@ -612,6 +612,15 @@ class NumbaField:
         """Length of ``theta`` for an MLP field."""
         return int(sum(o * i + o for i, o in zip(self.sizes[:-1], self.sizes[1:])))
 
+    def check_theta(self, theta):
+        """Raise unless ``theta`` has exactly ``n_params`` entries (an MLP field's layout)."""
+        if self.sizes and theta.size != self.n_params:
+            raise ValueError(
+                f"`theta` has {theta.size} entries but this MLP field (layer sizes "
+                f"{self.sizes}) has {self.n_params} parameters; a longer theta would be "
+                "read in part and given wrong gradients, a shorter one cannot fill the "
+                "layers. Make it with `field.init_theta(rng)` or of shape (field.n_params,).")
+
     def init_theta(self, rng, scale=1.0):
         """Glorot-like random parameters, shape ``(n_params,)``."""
         parts = []
@@ -622,6 +631,7 @@ class NumbaField:
 
     def unflatten(self, theta):
         """``[(W_0, b_0), ...]`` views of a flat ``theta`` (Tensors or arrays)."""
+        self.check_theta(theta)
         out, off = [], 0
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
             W = theta[off:off + n_out * n_in].reshape(n_out, n_in)

@@ -13,9 +13,18 @@
   of the solution with its step sequence frozen); memory grows with the steps.
 * A :class:`~nodeform.adjoint.numba_field.NumbaField` (or ``(f, f_vjp)``) as ``func``
   runs forward and adjoint solves compiled (continuous adjoint only).
+
+Which Tensors get gradients (the continuous adjoint keeps no graph of the forward
+solve, so it must know them): without ``params=``, every Tensor requiring grad that
+``func`` reads at any evaluation of the forward solve (a Module's weights, a Tensor it
+closes over) is found and registered, so ``odeint(lambda t, y: model(y), y0, t)``
+differentiates ``model``'s weights. With ``params=`` only those are differentiated,
+and reading any other Tensor requiring grad is an error naming it. One that ``func``
+reads only during the backward solve (never in the forward one) is an error too.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +33,10 @@ from nodeform.adjoint.backprop import odeint_backprop
 from nodeform.adjoint.continuous import AugmentedLayout, TensorField, adjoint_sweep
 from nodeform.adjoint.numba_field import NumbaField, augmented, vjp_handle
 from nodeform.autodiff.primitive import defprim
-from nodeform.autodiff.tensor import Tensor, _toposort, enable_grad, is_grad_enabled
+from nodeform.autodiff.tensor import Tensor, _toposort, is_grad_enabled, watching
 from nodeform.backend import get_xp
 from nodeform.ode import api as ode_api
-from nodeform.ode.errors import SolverArgumentError
+from nodeform.ode.errors import NonFiniteError, SolverArgumentError, SolverError
 
 ADJOINTS = ("continuous", "backprop")
 
@@ -39,8 +48,6 @@ class SolveStats:
     Pass one as ``odeint(..., stats=SolveStats())``: ``nfe_forward`` is known after
     the forward solve, ``nfe_backward`` after ``backward()``. Counts add up over
     calls, so one object can follow a whole training iteration (call :meth:`reset`).
-    The one evaluation of ``func`` that checks its parameters are registered (continuous
-    adjoint, when gradients are recorded) is not counted.
     """
 
     nfe_forward: int = 0
@@ -62,6 +69,8 @@ def _is_tensor_call(func, y0, t, params):
 
 
 def _find_params(func, params):
+    """``(parameters requiring grad, explicit)``: ``params`` as a list, or the Module's."""
+    explicit = params is not None
     if params is None:
         params = list(func.parameters()) if hasattr(func, "parameters") else []
     elif isinstance(params, Tensor):
@@ -71,83 +80,184 @@ def _find_params(func, params):
         if not isinstance(p, Tensor):
             raise _bad(f"`params[{k}]` is a {type(p).__name__}; parameters must be Tensors "
                        "(`nf.Tensor(x, requires_grad=True)`).")
-    return [p for p in params if p.requires_grad]
+    return [p for p in params if p.requires_grad], explicit
+
+
+# Module class -> whether its forward can take (t, y)
+_TAKES_T = {}
+
+
+def _check_module_field(func):
+    """Refuse a Module whose ``forward`` takes only ``x``: a field is called as ``func(t, y)``."""
+    from nodeform.nn.module import Module, Sequential
+    if not isinstance(func, Module):
+        return
+    cls = type(func)
+    ok = _TAKES_T.get(cls)
+    if ok is None:
+        if cls.forward is Sequential.forward:
+            ok = False
+        else:
+            try:
+                sig = inspect.signature(func.forward)
+            except (TypeError, ValueError):
+                ok = True
+            else:
+                kinds = [q.kind for q in sig.parameters.values()]
+                ok = (inspect.Parameter.VAR_POSITIONAL in kinds
+                      or sum(k in (inspect.Parameter.POSITIONAL_ONLY,
+                                   inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds) >= 2)
+        _TAKES_T[cls] = ok
+    if not ok:
+        raise _bad(
+            f"`func` is a {cls.__name__} whose forward takes one input (x), but a vector field is "
+            "called as `func(t, y)`: t would be fed to its first layer. Pass "
+            "`lambda t, y: model(y)` (the model's parameters are found and differentiated), or "
+            "write a Module with `forward(self, t, y)`.")
 
 
 def _name_of(func, tensor):
-    """The variable name under which ``func`` can see ``tensor``, if any (for messages)."""
+    """The variable name under which ``func`` can see ``tensor``, if any (for messages).
+
+    Looks at ``func``'s closure and globals, and inside Modules found there (or ``func``
+    itself) by parameter name, ``model.0.weight``.
+    """
+    from nodeform.nn.module import Module
     code = getattr(func, "__code__", None) or getattr(getattr(func, "forward", None), "__code__", None)
-    if code is None:
-        return None
-    closure = getattr(func, "__closure__", None) or ()
-    for name, cell in zip(code.co_freevars, closure):
-        try:
-            if cell.cell_contents is tensor:
-                return name
-        except ValueError:
-            pass
-    glb = getattr(func, "__globals__", {})
-    for name in code.co_names:
-        if glb.get(name) is tensor:
+    seen = [("", func)] if isinstance(func, Module) else []
+    if code is not None:
+        closure = getattr(func, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, closure):
+            try:
+                seen.append((name, cell.cell_contents))
+            except ValueError:
+                pass
+        glb = getattr(func, "__globals__", {})
+        seen += [(name, glb[name]) for name in code.co_names if name in glb]
+    for name, v in seen:
+        if v is tensor:
             return name
+    for name, v in seen:
+        if isinstance(v, Module):
+            for pname, p in v.named_parameters():
+                if p is tensor:
+                    return f"{name}.{pname}" if name else pname
     return None
 
 
-def check_registered(func, params, t0, y0_data, shape, dtype):
-    """Raise if ``func`` uses a Tensor requiring grad that is not among ``params``.
+def _describe(func, tensor):
+    name = _name_of(func, tensor)
+    return f"`{name}`" if name else f"a Tensor of shape {tuple(tensor.shape)} ({tensor.dtype})"
 
-    Such a Tensor would get no gradient from the continuous adjoint (whose forward
-    solve keeps no graph): the most common silent bug of adjoint libraries.
+
+class _Registrar:
+    """Decides what happens to Tensors requiring grad that ``func`` reads from outside.
+
+    Without ``params=`` (``explicit`` False) the ones read during the forward solve
+    become parameters of the solve. With ``params=``, a Tensor read from outside is
+    fine only when every leaf it is computed from is a parameter (its gradient then
+    flows through its graph); anything else is an error naming it.
     """
-    xp = get_xp(y0_data)
-    with enable_grad():
-        z = Tensor(y0_data.reshape(shape)).requires_grad_(True)
-        tt = Tensor(xp.asarray(t0, dtype=dtype)).requires_grad_(True)
-        out = func(tt, z)
-    if not isinstance(out, Tensor):
-        raise _bad(f"`func(t, y)` must return a Tensor on the Tensor path, got {type(out).__name__}.")
-    if tuple(out.shape) != tuple(shape):
-        raise _bad(f"`func(t, y)` returned shape {tuple(out.shape)} but `y0` has shape "
-                   f"{tuple(shape)}; it must return dy/dt shaped like y.")
-    if not out.requires_grad:
-        return
-    known = {id(z), id(tt)} | {id(p) for p in params}
-    for leaf in _toposort(out):
-        if leaf.is_leaf and leaf.requires_grad and id(leaf) not in known:
-            name = _name_of(func, leaf)
-            what = f"`{name}`" if name else f"a Tensor of shape {leaf.shape} ({leaf.dtype})"
+
+    def __init__(self, func, explicit):
+        self.func, self.explicit = func, explicit
+        self.field = None
+
+    def _check_covered(self, x, known, when):
+        missing = ([x] if x.is_leaf else
+                   [leaf for leaf in _toposort(x) if leaf.is_leaf and leaf.requires_grad
+                    and id(leaf) not in known])
+        if missing:
             raise _bad(
-                f"`func` uses {what} that requires grad but is not among its parameters, so the "
-                "continuous adjoint would silently give it no gradient. Register it: make it "
-                "an attribute of the nn.Module `func` (then `func.parameters()` finds it), or "
-                "pass `params=[...]` listing every Tensor to differentiate, or use "
+                f"`func` uses {_describe(self.func, missing[0])} that requires grad but is not "
+                f"among its parameters ({when}), so the continuous adjoint would silently give "
+                "it no gradient. Register it: list it in `params=[...]`, or leave `params` out "
+                "to have every Tensor the field reads found and differentiated, or use "
                 "adjoint='backprop'.")
+
+    def forward(self, found, known):
+        """The Tensors to add as parameters after the forward solve read ``found``."""
+        if not self.explicit:
+            return list(found)
+        for x in found:
+            self._check_covered(x, known, "read during the forward solve")
+            known.add(id(x))
+        return []
+
+    def backward(self, new, t):
+        """``TensorField.admit``: Tensors first read during the backward solve, at ``t``."""
+        known = self.field.known
+        for x in new:
+            if not self.explicit:
+                raise _bad(
+                    f"`func` read {_describe(self.func, x)}, a Tensor that requires grad, at "
+                    f"t = {t:.6g} during the backward (adjoint) solve but never during the "
+                    "forward solve, so it was not found as a parameter and would get no "
+                    "gradient. Pass `params=[...]` listing every Tensor to differentiate "
+                    "(this one included), or use adjoint='backprop'.")
+            self._check_covered(x, known, f"read at t = {t:.6g} during the backward solve")
+            known.add(id(x))
+
+
+def _backward_error(exc, t_from, t_to):
+    """``exc`` from the backward solve of one interval, told as what it is; same class."""
+    msg = (f"the backward (adjoint) solve of `odeint`, integrating [z, a, a_theta] from "
+           f"t = {t_from:.6g} back to t = {t_to:.6g}, failed at t = "
+           f"{exc.t if exc.t is not None else t_from:.6g}: ")
+    if isinstance(exc, NonFiniteError):
+        msg += ("the adjoint state became NaN/inf. Likely causes: a NaN/inf parameter or "
+                "loss gradient, f or its VJP not finite along the backward trajectory, or "
+                "an unstable backward solve (try tighter `adjoint_rtol`/`adjoint_atol`, or "
+                "adjoint='backprop'). The solver said: ")
+    try:
+        new = type(exc)(msg + str(exc), t=exc.t, step=exc.step)
+    except TypeError:
+        return exc
+    new.partial, new.stats = exc.partial, exc.stats
+    return new
 
 
 class _Problem:
     """One differentiable solve: settings, the stored forward states, the backward pass."""
 
     def __init__(self, func, params, t_vals, shape, dtype, method, rtol, atol, options,
-                 adj_method, adj_rtol, adj_atol, adj_options, stats, t_requires_grad):
+                 adj_method, adj_rtol, adj_atol, adj_options, stats, t_requires_grad,
+                 registrar=None):
         self.func, self.params, self.t_vals = func, params, t_vals
+        self.registrar = registrar
         self.shape, self.dtype = shape, dtype
         self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
         self.adj = (adj_method, adj_rtol, adj_atol, adj_options)
         self.stats, self.with_t = stats, t_requires_grad
         self.numba = isinstance(func, NumbaField)
         self._cache = None
+        self.ys = None
 
     # ---------------------------------------------------------------- forward
     def forward(self, y0):
+        """Solve; with a registrar, also find the parameters ``func`` reads (``self.params``)."""
         if self.numba:
             nf_ = self.func
             theta = self._theta()
             sol = ode_api.solve(nf_.f, y0.ravel(), self.t_vals, method=self.method, rtol=self.rtol,
                                 atol=self.atol, args=(theta,) + tuple(nf_.args), **self.options)
-        else:
+        elif self.registrar is None:
             self.field = TensorField(self.func, self.params, self.shape, self.dtype)
             sol = ode_api.solve(self.field.f, y0, self.t_vals, method=self.method, rtol=self.rtol,
                                 atol=self.atol, **self.options)
+        else:
+            reg = self.registrar
+            field = self.field = TensorField(self.func, self.params, self.shape, self.dtype,
+                                             admit=reg.backward)
+            reg.field = field
+            with watching() as seen:     # every evaluation shows what it reads
+                sol = ode_api.solve(field.f, y0, self.t_vals, method=self.method,
+                                    rtol=self.rtol, atol=self.atol, **self.options)
+            found = seen.outside(field.known)
+            if found:
+                extra = reg.forward(found, field.known)
+                self.params = field.params = self.params + extra
+                field.known.update(id(x) for x in extra)
         if self.stats is not None:
             self.stats.nfe_forward += sol.stats["nfev"]
             self.stats.steps_forward += sol.stats["n_accepted"]
@@ -169,6 +279,13 @@ class _Problem:
         xp = get_xp(g.data)
         n = int(np.prod(self.shape))
         G = g.data.reshape(len(self.t_vals), n)
+        if not bool(xp.isfinite(G).all()):
+            i = int(np.argwhere(~np.isfinite(np.asarray(G)).any(axis=1))[0][0])
+            raise NonFiniteError(
+                f"the gradient arriving at the output of `odeint` (dL/dy at t = "
+                f"{self.t_vals[i]:.6g}, output {i}) is NaN/inf, so the backward solve cannot "
+                "start: the loss or what follows the solve is not finite. Check the loss "
+                "(a log of 0, a division by 0) before looking at the solver.", t=self.t_vals[i])
         ys = [self.ys[i].reshape(n) for i in range(len(self.t_vals))]
         p = int(sum(q.size for q in self.params))
         layout = AugmentedLayout(n, p, self.with_t)
@@ -189,9 +306,12 @@ class _Problem:
             vjp = nf_.f_vjp if vjp is None else vjp
 
             def solve_back(s, t_from, t_to):
-                sol = ode_api.solve(augmented, s, [t_from, t_to], method=adj_method, rtol=adj_rtol,
-                                    atol=adj_atol, args=(vjp, theta, n, p, self.with_t, extra),
-                                    **adj_options)
+                try:
+                    sol = ode_api.solve(augmented, s, [t_from, t_to], method=adj_method,
+                                        rtol=adj_rtol, atol=adj_atol,
+                                        args=(vjp, theta, n, p, self.with_t, extra), **adj_options)
+                except SolverError as exc:
+                    raise _backward_error(exc, t_from, t_to) from exc
                 nfev[0] += sol.stats["nfev"]
                 steps[0] += sol.stats["n_accepted"]
                 return sol.ys[-1]
@@ -212,8 +332,11 @@ class _Problem:
                 return out
 
             def solve_back(s, t_from, t_to):
-                sol = ode_api.solve(aug, s, [t_from, t_to], method=adj_method, rtol=adj_rtol,
-                                    atol=adj_atol, **adj_options)
+                try:
+                    sol = ode_api.solve(aug, s, [t_from, t_to], method=adj_method, rtol=adj_rtol,
+                                        atol=adj_atol, **adj_options)
+                except SolverError as exc:
+                    raise _backward_error(exc, t_from, t_to) from exc
                 steps[0] += sol.stats["n_accepted"]
                 return sol.ys[-1]
         g_z0, g_theta, g_t = adjoint_sweep(self.t_vals, ys, G, f_eval, solve_back, layout, xp,
@@ -234,7 +357,7 @@ class _Problem:
 
 
 def _odeint_forward(y0, t, *params, problem):
-    return problem.forward(y0)
+    return problem.ys if problem.ys is not None else problem.forward(y0)
 
 
 def _odeint_vjp(i, g, ans, y0, t, *params, problem):
@@ -264,8 +387,11 @@ def odeint(func, y0, t, method="dopri5", rtol=ode_api.DEFAULT_RTOL, atol=ode_api
     adjoint : {"continuous", "backprop"}
         How gradients are computed (see the module docstring).
     params : Tensor or list of Tensor, optional
-        The parameters to differentiate; default: ``func.parameters()`` when ``func`` is
-        a Module. For a NumbaField, the flat ``theta`` Tensor.
+        The parameters to differentiate. Default: found by themselves, i.e. every Tensor
+        requiring grad that ``func`` reads during the forward solve (a Module's
+        parameters, Tensors it closes over); ``odeint(lambda t, y: model(y), y0, t)``
+        differentiates ``model``. Given, exactly these: reading another Tensor that
+        requires grad is then an error naming it. For a NumbaField, the flat ``theta``.
     adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
         Settings of the backward solve; default to the forward ones.
     stats : SolveStats, optional
@@ -273,10 +399,32 @@ def odeint(func, y0, t, method="dopri5", rtol=ode_api.DEFAULT_RTOL, atol=ode_api
 
     Returns
     -------
-    Tensor, shape (n_out, *y0.shape) on the Tensor path; ndarray otherwise.
+    Tensor, shape (n_out, *y0.shape) on the Tensor path; ndarray otherwise. With a plain
+    array ``y0``, a ``func`` that returns Tensors switches to the Tensor path (so its
+    parameters get gradients) and a Tensor comes back.
+
+    Raises
+    ------
+    SolverArgumentError
+        Bad arguments; a Module whose ``forward`` takes only ``x`` (a field is
+        ``func(t, y)``); a Tensor requiring grad read by ``func`` that cannot get a
+        gradient (see ``params``). Errors raised by ``func`` itself come back as raised.
+    SolverError
+        The forward solve failed, or the backward one (the message says which).
     """
     if not _is_tensor_call(func, y0, t, params):
-        return ode_api.odeint(func, y0, t, method=method, rtol=rtol, atol=atol, args=args, **options)
+        if _is_numba_function(func):
+            return ode_api.odeint(func, y0, t, method=method, rtol=rtol, atol=atol, args=args,
+                                  **options)
+        try:
+            return ode_api.odeint(_no_tensors(func), y0, t, method=method, rtol=rtol, atol=atol,
+                                  args=args, **options)
+        except _ReturnedTensor:   # a Tensor field on an array y0: solve it differentiably
+            field = func if not args else (lambda tt, yy: func(tt, yy, *args))
+            return odeint(field, Tensor(y0), t, method=method, rtol=rtol, atol=atol,
+                          adjoint=adjoint, adjoint_method=adjoint_method,
+                          adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
+                          adjoint_options=adjoint_options, stats=stats, **options)
     if adjoint not in ADJOINTS:
         raise _bad(f"`adjoint` must be one of {ADJOINTS}, got {adjoint!r}.")
     if args:
@@ -284,6 +432,7 @@ def odeint(func, y0, t, method="dopri5", rtol=ode_api.DEFAULT_RTOL, atol=ode_api
                    "arguments in `func` (or use a NumbaField's own `args`).")
     if isinstance(func, tuple):
         func = NumbaField(*func) if len(func) == 2 else NumbaField(func[0], func[1], tuple(func[2]))
+    _check_module_field(func)
     t_tensor = t if isinstance(t, Tensor) else None
     t_vals = np.asarray(t.numpy() if t_tensor is not None else t, dtype=np.float64)
     if t_vals.ndim != 1 or t_vals.size < 2:
@@ -292,7 +441,7 @@ def odeint(func, y0, t, method="dopri5", rtol=ode_api.DEFAULT_RTOL, atol=ode_api
     y0_t = y0 if isinstance(y0, Tensor) else Tensor(y0)
     if y0_t.dtype.kind != "f":
         raise _bad(f"`y0` must be floating point, got dtype {y0_t.dtype}.")
-    plist = _find_params(func, params)
+    plist, explicit = _find_params(func, params)
     numba = isinstance(func, NumbaField)
     if numba:
         if adjoint != "continuous":
@@ -301,17 +450,37 @@ def odeint(func, y0, t, method="dopri5", rtol=ode_api.DEFAULT_RTOL, atol=ode_api
         if len(plist) != 1 or plist[0].ndim != 1:
             raise _bad("a NumbaField needs `params` = one flat theta Tensor of shape (p,) with "
                        "requires_grad=True.")
+        func.check_theta(plist[0])
         if y0_t.dtype != np.float64 or get_xp(y0_t.data) is not np:
             raise _bad("the Numba path runs on float64 NumPy arrays only; pass y0 as such.")
     if adjoint == "backprop":
         return odeint_backprop(func, y0_t, t_tensor, t_list, method, rtol, atol, options, stats)
     with_t = t_tensor is not None and t_tensor.requires_grad
-    if not numba and is_grad_enabled() and (y0_t.requires_grad or plist or with_t):
-        check_registered(func, plist, t_list[0], y0_t.data, y0_t.shape, y0_t.dtype)
+    # while gradients are recorded, every forward evaluation reports what func reads
+    registrar = _Registrar(func, explicit) if not numba and is_grad_enabled() else None
     adj_options = dict(options if adjoint_options is None else adjoint_options)
     adj_options.pop("trace", None)
     problem = _Problem(func, plist, t_list, y0_t.shape, y0_t.dtype, method, rtol, atol, options,
                        adjoint_method or method, adjoint_rtol or rtol,
-                       atol if adjoint_atol is None else adjoint_atol, adj_options, stats, with_t)
+                       atol if adjoint_atol is None else adjoint_atol, adj_options, stats, with_t,
+                       registrar)
+    problem.forward(y0_t.data)   # outside the primitive: func's errors come back unchanged
     t_arg = t_tensor if t_tensor is not None else t_vals
-    return odeint_p(y0_t, t_arg, *plist, problem=problem)
+    return odeint_p(y0_t, t_arg, *problem.params, problem=problem)
+
+
+class _ReturnedTensor(Exception):
+    """Internal: an array solve's field returned a Tensor (see :func:`odeint`)."""
+
+
+def _no_tensors(func):
+    def f(t, y, *args):
+        out = func(t, y, *args)
+        if isinstance(out, Tensor):
+            raise _ReturnedTensor
+        return out
+    return f
+
+
+def _is_numba_function(f):
+    return type(f).__module__.startswith("numba") and hasattr(f, "py_func")

@@ -19,6 +19,9 @@ Rules of the table (the contract every primitive follows):
    and returns the cotangent for its argument, with that argument's shape.
 3. VJPs are written with Tensor operations, never on raw arrays of ``g``; so
    ``backward(create_graph=True)`` records them and gradients of gradients work.
+   ``g``, ``ans`` and the Tensor arguments are Tensors: use ``nodeform`` functions
+   and operators on them (``nf.exp(x)``, ``g * y``), not NumPy's (``np.exp(x)``
+   raises a TypeError saying so).
 4. A primitive with a variable number of arguments (``concatenate``, ``stack``,
    ``einsum``) gives ``vjp_i=callable(i, g, ans, *args, **kw)`` instead.
 
@@ -73,7 +76,9 @@ def defprim(name, forward, *vjps, vjp_i=None):
     forward : callable
         ``forward(*raw_args, **kw) -> array`` on plain ``xp`` arrays.
     *vjps : callable or None
-        One VJP maker per positional argument: ``vjp(g, ans, *args, **kw)``.
+        One VJP maker per positional argument: ``vjp(g, ans, *args, **kw)``. It
+        receives Tensors (``g``, ``ans``, the Tensor arguments) and must compute with
+        Tensor operations (``nodeform.exp``, ``*``, ...), never NumPy functions.
     vjp_i : callable, optional
         For variadic primitives: ``vjp_i(i, g, ans, *args, **kw)``.
 

@@ -17,7 +17,7 @@ from nodeform.backend import get_xp
 
 def _r(x):
     """The raw array (or number) inside ``x``."""
-    return x.data if isinstance(x, Tensor) else x
+    return x._data if isinstance(x, Tensor) else x
 
 
 def _xp(x):

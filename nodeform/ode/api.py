@@ -34,6 +34,9 @@ DEFAULT_RTOL = 1e-7
 DEFAULT_ATOL = 1e-9
 #: Below ~100 ulps a relative tolerance cannot be met in float64; SciPy clamps there too.
 MIN_RTOL = 100 * np.finfo(np.float64).eps
+#: State dtypes refused: float16 keeps ~3 significant digits (eps 1e-3), so the error
+#: estimate of a step is mostly round-off and no tolerance below 1e-3 can be met.
+_TOO_SHORT_FLOATS = (np.float16,)
 
 _OPTIONS = ("first_step", "max_steps", "step_size", "controller", "max_step", "trace", "throw",
             "engine")
@@ -58,6 +61,16 @@ def _check_positive(name, value, allow_zero=False, integer=False):
         raise _bad(f"`{name}` = {value!r} must be {rule}. "
                    + ("Tolerances set the accepted error per step: e.g. rtol=1e-6, atol=1e-9."
                       if name in ("rtol", "atol") else f"Pass a {rule} value."))
+
+
+def _check_atol(atol):
+    """``atol`` must be positive: with 0 a state component that is 0 makes the error 0/0."""
+    _check_positive("atol", atol, allow_zero=True)
+    if atol == 0:
+        raise _bad("`atol` = 0 leaves no error control for a state component that is (or "
+                   "passes through) 0: its scaled error is 0/0, every step is rejected. Pass a "
+                   "small positive `atol` (e.g. 1e-12 for values of order 1; 1e-300 for an "
+                   "almost purely relative tolerance).")
 
 
 #: Up to this many output times the checks run as a plain Python loop (cheaper than
@@ -116,6 +129,14 @@ def _check_times_full(t):
     return t_arr
 
 
+def _check_dtype(dtype):
+    if dtype in _TOO_SHORT_FLOATS:
+        raise _bad(f"`y0` has dtype {dtype}, which has too few digits for error control (about "
+                   "3 significant digits: the error estimate of a step would be round-off). "
+                   "Integrate in float32 or float64 (`y0.astype(np.float32)`) and cast the "
+                   "result back if you need to.")
+
+
 def _check_y0(y0):
     if type(y0) is np.ndarray and y0.dtype == np.float64 and y0.ndim:  # the common case
         return y0
@@ -123,6 +144,7 @@ def _check_y0(y0):
         r = raw(y0)
         if r.dtype.kind != "f":
             raise _bad(f"`y0` has dtype {r.dtype}; the state must be floating point.")
+        _check_dtype(r.dtype)
         return y0
     xp = get_xp(y0)
     arr = xp.asarray(y0)
@@ -132,6 +154,7 @@ def _check_y0(y0):
         raise _bad(f"`y0` has dtype {arr.dtype}; nodeform integrates real floating-point states "
                    "(float64 by default, float32 if you pass it). Split a complex state into "
                    "real and imaginary parts.")
+    _check_dtype(arr.dtype)
     if arr.ndim == 0:
         raise _bad("`y0` is a scalar; pass an array of shape (n,) (e.g. np.array([y0])), so "
                    "that f receives and returns arrays.")
@@ -282,6 +305,7 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         the whole solve compiled (1-D float64 ``y0``).
     y0 : array_like or Tensor, shape (*state)
         Any shape: a batch is just more axes (one step size for the whole batch).
+        float64 (default) or float32; float16 is refused (too few digits).
     t : array_like, shape (n_out,)
         Output times, strictly increasing or strictly decreasing (backwards in time);
         ``t[0]`` is the start. Outputs cost no extra evaluations (dense output).
@@ -289,7 +313,8 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         ``"dopri5"`` (default), ``"tsit5"``, ``"bosh3"`` (adaptive) or ``"euler"``,
         ``"midpoint"``, ``"rk4"`` (fixed grid).
     rtol, atol : float
-        Tolerances of the scaled RMS error ``err / (atol + rtol |y|)`` per step.
+        Tolerances of the scaled RMS error ``err / (atol + rtol |y|)`` per step; both
+        positive (``atol = 0`` is refused: a zero component would give 0/0).
     args : tuple
         Extra arguments passed to ``f``.
     **options
@@ -323,8 +348,8 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
     # full check and its message
     if not (type(rtol) is float and rtol > 0.0):
         _check_positive("rtol", rtol)
-    if not (type(atol) is float and atol >= 0.0):
-        _check_positive("atol", atol, allow_zero=True)
+    if not (type(atol) is float and atol > 0.0):
+        _check_atol(atol)
     if rtol < MIN_RTOL:
         warnings.warn(f"`rtol` = {rtol} is below {MIN_RTOL:.1e}, which float64 cannot meet; "
                       f"using {MIN_RTOL:.1e}.", stacklevel=2)

@@ -5,6 +5,8 @@ drives. Its contract:
 
 1. ``f(t, y)`` is called with a Python float ``t`` and a state shaped like ``y0``
    (any shape: batches are just more axes; one step size is shared by the batch).
+   Every output is checked (:func:`checked_field`): shape, dtype, and array or
+   Tensor like ``y0``, so a wrong return on any call is an error, never a broadcast.
 2. ``y`` and the stages are combined only with ``+`` and ``*`` by Python floats
    (see :mod:`nodeform.ode.rk`), stages are kept in Python lists, so ``y0`` may be a
    NumPy array, a CuPy array or a nodeform Tensor; the outputs are of the same kind.
@@ -32,17 +34,21 @@ from nodeform.ode import controller as ctl
 from nodeform.ode.errors import (MaxStepsError, NonFiniteError, StepSizeUnderflowError,
                                  VectorFieldError, max_steps_message, nonfinite_message,
                                  underflow_message)
-from nodeform.ode.rk import dense_eval, rk_step
+from nodeform.ode.rk import dense_eval, rk_step, weighted_sum
 
 __all__ = ["MAX_STEPS", "integrate", "integrate_fixed", "integrate_adaptive",
-           "check_vector_field_output", "new_stats", "fixed_grid_counts"]
+           "check_vector_field_output", "checked_field", "min_step_size", "new_stats",
+           "fixed_grid_counts"]
 
 #: Default bound on attempted steps. A healthy solve of the paper's models takes tens to
 #: hundreds of steps; 10,000 stops a solve that has gone stiff or diverged in seconds
 #: instead of hanging (torchdiffeq's default is effectively infinite, diffrax's is 4096).
 MAX_STEPS = 10_000
 #: A step must move t by at least this many float64 ulps of t (SciPy uses 10 as well):
-#: below it, t + h == t up to round-off and the loop would spin.
+#: below it, t + h == t up to round-off and the loop would spin. The floor is taken of
+#: ``max(|t|, |t_end - t_start|)``, not of ``|t|`` alone: at t = 0 one ulp of t is 5e-324,
+#: so a floor proportional to |t| would let h shrink to 0 and the loop "accept" empty
+#: steps until `max_steps` (the Numba engine uses the same rule).
 UNDERFLOW_ULPS = 10
 #: float64 machine epsilon: ``EPS * |t|`` is within a factor 2 of one ulp of t.
 EPS = 2.220446049250313e-16
@@ -53,23 +59,94 @@ def new_stats():
     return {"nfev": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0}
 
 
-def check_vector_field_output(out, y, t):
+def min_step_size(t, span):
+    """The smallest step allowed at ``t`` in a solve over an interval of length ``span``."""
+    return UNDERFLOW_ULPS * EPS * max(abs(t), span)
+
+
+def check_vector_field_output(out, y, t, step=0):
     """Raise :class:`VectorFieldError` unless ``f(t, y)`` is shaped and typed like ``y``."""
     r, yr = raw(out), raw(y)
+    is_t, y_is_t = hasattr(out, "_is_tensor"), hasattr(y, "_is_tensor")
+    if is_t != y_is_t:
+        raise VectorFieldError(
+            f"`f(t, y)` returned a {type(out).__name__} at t = {t:.6g} but the state is a "
+            f"{type(y).__name__}; " + (
+                "for gradients pass `y0` as a Tensor (`nodeform.odeint(func, nf.Tensor(y0), "
+                "t)`), or return plain values (`out.numpy()`)." if is_t else
+                "on Tensors f must return a Tensor built with nodeform operations (an array "
+                "carries no gradient)."), t=t, step=step)
     if not (hasattr(r, "shape") and hasattr(r, "dtype")):
         raise VectorFieldError(
             f"`f(t, y)` returned a {type(out).__name__}, not an array; return an array shaped "
-            f"like `y` {tuple(yr.shape)}, e.g. `np.array([...])` or `np.stack(...)`.", t=t, step=0)
+            f"like `y` {tuple(yr.shape)}, e.g. `np.array([...])` or `np.stack(...)`.", t=t,
+            step=step)
     if tuple(r.shape) != tuple(yr.shape):
         raise VectorFieldError(
-            f"`f(t, y)` returned shape {tuple(r.shape)} but `y` has shape {tuple(yr.shape)}; f "
-            "must return dy/dt with exactly the shape of y (check for a missing or extra batch "
-            "axis, or an accidental broadcast).", t=t, step=0)
+            f"`f(t, y)` returned shape {tuple(r.shape)} but `y` has shape {tuple(yr.shape)} (at "
+            f"t = {t:.6g}, step {step}); f must return dy/dt with exactly the shape of y (check "
+            "for a missing or extra batch axis, or an accidental broadcast).", t=t, step=step)
     if r.dtype != yr.dtype:
         raise VectorFieldError(
-            f"`f(t, y)` returned dtype {r.dtype} but `y` has dtype {yr.dtype}; return the same "
-            "floating dtype as y (e.g. `.astype(y.dtype)`), or pass `y0` in the dtype you "
-            "want to integrate in.", t=t, step=0)
+            f"`f(t, y)` returned dtype {r.dtype} but `y` has dtype {yr.dtype} (at t = {t:.6g}, "
+            f"step {step}); return the same floating dtype as y (e.g. `.astype(y.dtype)`), or "
+            "pass `y0` in the dtype you want to integrate in.", t=t, step=step)
+
+
+def checked_field(f, y0, stats):
+    """``f`` with its output checked at every call (shape, dtype, array or Tensor like ``y0``).
+
+    The check is two attribute comparisons per call; only a mismatch pays for the message.
+    A later call returning ``(1,)`` for a ``(2,)`` state would otherwise broadcast silently.
+    """
+    kind, shape, dtype = type(y0), raw(y0).shape, raw(y0).dtype
+    tensor = hasattr(y0, "_is_tensor")
+
+    def f_checked(t, y):
+        out = f(t, y)
+        if type(out) is not kind:
+            check_vector_field_output(out, y, t, stats["n_steps"])
+            return out
+        r = out.data if tensor else out
+        if r.shape != shape or r.dtype != dtype:
+            check_vector_field_output(out, y, t, stats["n_steps"])
+        return out
+    return f_checked
+
+
+def _nonfinite_cause(y, K, y_new, h, tab):
+    """Why a step's error ratio was not finite, in words: which stage, and whose fault.
+
+    Called only on the failure path. A stage ``K_i = f(t_i, y_i)`` that is NaN/inf
+    while its input ``y_i`` is finite is ``f``'s doing; an input that is not finite
+    means the state itself overflowed float64.
+    """
+    for i, k in enumerate(K):
+        if _all_finite(k):
+            continue
+        acc = weighted_sum(K, tab.A_terms[i]) if i else None
+        y_i = y if acc is None else y + acc * h
+        if _all_finite(y_i):
+            return (f"`f` returned NaN/inf (stage {i}) for a finite state, and still does "
+                       "with the smallest step: f itself is not finite here (a division by "
+                       "zero, a log/sqrt of a negative, an overflow inside f, a NaN "
+                       "parameter), not the solver diverging")
+        return _overflow_words(y)
+    if not _all_finite(y_new):
+        return _overflow_words(y)
+    return (f"the error estimate overflowed float64 (|y| up to {_max_abs(y):.3g}, the "
+                  "derivatives near the float64 maximum): rescale the problem")
+
+
+def _max_abs(y):
+    r = raw(y)
+    return float(get_xp(r).abs(r).max()) if r.size else 0.0
+
+
+def _overflow_words(y):
+    return (f"the state overflowed float64 (|y| up to {_max_abs(y):.3g} before the step, the "
+            "largest float64 is 1.8e308): a step of any size leaves the representable range. "
+            "Rescale the state (or `y0`) so that its entries stay far below 1e300")
 
 
 def _first_nonfinite_stage(K):
@@ -141,9 +218,9 @@ def integrate_fixed(f, t_out, y0, tab, step_size=None, max_steps=MAX_STEPS):
             f"`max_steps` = {max_steps}. Try: a larger `step_size`, or raise `max_steps`.",
             t=t_out[0], step=0), ys, stats)
     y = y0
+    f = checked_field(f, y0, stats)
     f0 = f(t_out[0], y)
     stats["nfev"] += 1
-    check_vector_field_output(f0, y0, t_out[0])
     if not _all_finite(f0):
         raise _fail(NonFiniteError(nonfinite_message(
             "derivative f(t0, y0)" if _all_finite(y0) else "initial state y0", t_out[0], 0),
@@ -219,9 +296,10 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
     direction = 1.0 if t_end > t0 else -1.0
     alpha, beta = ctl.controller_exponents(controller, tab.err_order)
     t, y = t0, y0
+    span = abs(t_end - t0)
+    f = checked_field(f, y0, stats)
     f0 = f(t, y)
     stats["nfev"] += 1
-    check_vector_field_output(f0, y0, t)
     if not _all_finite(f0):
         raise _fail(NonFiniteError(nonfinite_message(
             "derivative f(t0, y0)" if _all_finite(y0) else "initial state y0", t, 0),
@@ -235,18 +313,22 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
     h_abs = min(h_abs, max_step)
     ratio_prev = 1.0
     after_reject = False
-    bad_stage = None  # first non-finite stage of the latest rejected try
+    bad_cause = None  # why the latest rejected try was not finite (words), or None
     k = 1  # next output to produce
     while k < n_out:
         if stats["n_steps"] >= max_steps:
             raise _fail(MaxStepsError(max_steps_message(
                 max_steps, t, t_end, h_abs * direction, stats["n_accepted"], stats["n_rejected"]),
                 t=t, step=stats["n_steps"]), ys, stats)
-        min_step = UNDERFLOW_ULPS * EPS * abs(t)
-        if h_abs < min_step:
-            exc = NonFiniteError if bad_stage is not None else StepSizeUnderflowError
-            raise _fail(exc(underflow_message(t, stats["n_steps"], h_abs * direction, bad_stage),
-                            t=t, step=stats["n_steps"]), ys, stats)
+        if h_abs < UNDERFLOW_ULPS * EPS * max(abs(t), span):   # min_step_size(t, span)
+            if bad_cause is not None:
+                raise _fail(NonFiniteError(
+                    f"non-finite values (NaN or inf) at t = {t:.17g}, step {stats['n_steps']}: "
+                    f"{bad_cause}. The step size was shrunk to h = {h_abs * direction:.3g} "
+                    "without getting rid of them.", t=t, step=stats["n_steps"]), ys, stats)
+            raise _fail(StepSizeUnderflowError(
+                underflow_message(t, stats["n_steps"], h_abs * direction),
+                t=t, step=stats["n_steps"]), ys, stats)
         # without dense output the steps must land on every output time
         t_stop = t_end if tab.P is not None else t_out[k]
         t_new = t + direction * h_abs
@@ -266,7 +348,7 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
             tr["accepted"].append(accepted)
         if not finite:
             # a too-large step can overflow an explicit method: shrink hard and retry
-            bad_stage = _first_nonfinite_stage(K)
+            bad_cause = _nonfinite_cause(y, K, y_new, h, tab)
             stats["n_rejected"] += 1
             h_abs = abs(h) * ctl.MIN_FACTOR
             after_reject = True
@@ -275,7 +357,7 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
             stats["n_rejected"] += 1
             h_abs = abs(h) * ctl.step_factor(ratio, ratio_prev, alpha, beta, after_reject)
             after_reject = True
-            bad_stage = None
+            bad_cause = None
             continue
         # ---- accepted: emit every output time inside (t, t_new], then move on
         while k < n_out and direction * (t_out[k] - t_new) <= 0:
@@ -288,7 +370,7 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
         stats["n_accepted"] += 1
         ratio_prev = max(ratio, ctl.ERR_FLOOR)
         after_reject = False
-        bad_stage = None
+        bad_cause = None
         t, y = t_new, y_new
         if k < n_out:
             if tab.fsal:
