@@ -23,7 +23,9 @@ How it works
   pytest marker of its id (``pytest -m ex2_3``); they test behaviour, never source
   text. ``classroom check ex2_3`` runs one; ``classroom grade [DIR]`` runs them all
   and prints a table (exercise, title, difficulty, passed/failed, a hint from the
-  first failure), writes it as JSON and exits non-zero when an exercise fails.
+  first failure), writes it as JSON and exits non-zero when an exercise fails;
+  ``--also tests/test_x.py,...`` runs library tests in the same process (the ones a
+  student copy must still pass) and reports them as ``others``.
 * **Marker lint.** ``classroom lint`` (and a test in CI) rejects unbalanced,
   nested, duplicate, malformed or unregistered markers, and registered code
   exercises that have no block.
