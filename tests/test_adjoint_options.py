@@ -67,6 +67,8 @@ def test_bad_adjoint_options_are_refused():
         grad_M(2, 1e-6, adjoint_restart="no")
     with pytest.raises(SolverArgumentError, match="`norm`"):
         grad_M(2, 1e-6, adjoint_options=dict(norm="semi"))
+    with pytest.raises(SolverArgumentError, match="no backward solve to restart"):
+        grad_M(2, 1e-6, adjoint="backprop", adjoint_restart=False)
 
 
 def test_numba_field_refuses_what_its_compiled_adjoint_lacks():

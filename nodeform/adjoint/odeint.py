@@ -479,6 +479,9 @@ def odeint(func, y0, t, method="dopri5", rtol=ode_api.DEFAULT_RTOL, atol=ode_api
         if y0_t.dtype != np.float64 or get_xp(y0_t.data) is not np:
             raise _bad("the Numba path runs on float64 NumPy arrays only; pass y0 as such.")
     if adjoint == "backprop":
+        if adjoint_restart is not True:
+            raise _bad("`adjoint_restart` applies to the continuous adjoint; adjoint='backprop' "
+                       "has no backward solve to restart (leave it out).")
         return odeint_backprop(func, y0_t, t_tensor, t_list, method, rtol, atol, options, stats)
     with_t = t_tensor is not None and t_tensor.requires_grad
     # while gradients are recorded, every forward evaluation reports what func reads
