@@ -40,6 +40,8 @@ _TOO_SHORT_FLOATS = (np.float16,)
 
 _OPTIONS = ("first_step", "max_steps", "step_size", "controller", "max_step", "trace", "throw",
             "engine")
+_OPTIONS_SET = frozenset(_OPTIONS)
+_ENGINES = ("auto", "reference", "numba")
 #: Options of the step-size control and of the outputs (see :func:`solve`). The compiled
 #: engine has the defaults built in: other values run the reference engine (engine="auto")
 #: or are refused with the reason (engine="numba").
@@ -47,7 +49,6 @@ _CONTROL_DEFAULTS = {"safety": ctl.SAFETY, "norm": "rms", "interpolant": "dense"
 _OPTIONS = _OPTIONS + tuple(_CONTROL_DEFAULTS)
 _OPTIONS_SET = frozenset(_OPTIONS)
 _INTERPOLANTS = ("dense", "linear")
-_ENGINES = ("auto", "reference", "numba")
 
 
 # ----------------------------------------------------------------------------- validation
