@@ -36,7 +36,6 @@ from nodeform.autodiff.primitive import defprim
 from nodeform.autodiff.tensor import Tensor, _toposort, is_grad_enabled, watching
 from nodeform.backend import get_xp
 from nodeform.ode import api as ode_api
-from nodeform.ode.controller import rms_norm
 from nodeform.ode.errors import NonFiniteError, SolverArgumentError, SolverError
 
 ADJOINTS = ("continuous", "backprop")
@@ -224,6 +223,8 @@ _CONTROL = {"norm", "safety", "interpolant"}
 
 def seminorm(m):
     """The RMS norm of the first ``m`` entries of a flat augmented error (``[z, a]``)."""
+    from nodeform.ode.controller import rms_norm
+
     def norm(x):
         return rms_norm(x[:m])
     norm.__name__ = f"seminorm_{m}"
