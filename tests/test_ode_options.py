@@ -114,3 +114,10 @@ def test_compiled_engine_falls_back_or_refuses():
 def test_bad_options_are_refused(opt, message):
     with pytest.raises(SolverArgumentError, match=message):
         nf.solve(vdp, VDP0, [0.0, 1.0], **opt)
+
+
+def test_control_options_are_refused_where_they_would_do_nothing():
+    with pytest.raises(SolverArgumentError, match="would do nothing"):
+        nf.solve(vdp, VDP0, [0.0, 1.0], method="rk4", safety=0.5)
+    with pytest.raises(SolverArgumentError, match="would do nothing"):
+        nf.solve(vdp, VDP0, [0.0, 1.0], step_size=0.1, norm="max")

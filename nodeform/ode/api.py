@@ -416,6 +416,11 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
             raise _bad(str(exc)) from None
         controller = tuple(float(v) for v in controller)
     control = _check_control(options)
+    if control and (step_size is not None or not getattr(tab, "adaptive", False)
+                    or not hasattr(tab, "P")):
+        raise _bad(f"{sorted(control)} apply to the adaptive Runge-Kutta pairs (dopri5, tsit5, "
+                   "bosh3 or your own pair) without `step_size`; here they would do nothing. "
+                   "Leave them out, or use an adaptive pair.")
     if not isinstance(args, tuple):
         raise _bad(f"`args` must be a tuple of extra arguments for f; got "
                    f"{type(args).__name__}. Wrap a single one as (value,).")
