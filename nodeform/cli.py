@@ -8,6 +8,8 @@
 * ``bench NAME`` runs ``bench/bench_NAME.py`` (solvers, adjoint, conv, ...).
 * ``classroom make|check|grade|lint|list`` builds the student copy and grades it
   (see :mod:`nodeform.classroom`).
+* ``train MODEL`` trains a model of Table 1 (odenet, rknet, resnet, mlp) on MNIST;
+  see :mod:`nodeform.experiments.table1`.
 """
 from __future__ import annotations
 
@@ -120,10 +122,14 @@ def main(argv=None):
     c = sub.add_parser("classroom", help="student copy, exercise checks and grades",
                        add_help=False)
     c.add_argument("rest", nargs=argparse.REMAINDER)
+    from nodeform.experiments import table1
+    table1.add_arguments(sub.add_parser("train", help="train a Table 1 model on MNIST"))
     args = parser.parse_args(argv)
     if args.command == "classroom":
         from nodeform.classroom import main as classroom_main
         return classroom_main(args.rest)
+    if args.command == "train":
+        return table1.main(args)
     if args.command == "chapters":
         return run_chapters(args.names, args.quick)
     if args.command == "doctor":

@@ -123,6 +123,9 @@ CASES = [
          _n(2, 3, 5, 4)),
     Case("col2im", lambda c: nf.nn.col2im(c * c, x_shape=(2, 3, 5, 4), ksize=(2, 3), stride=(2, 1),
                                           padding=(1, 0)), _n(12, 18)),
+    # group normalization as one primitive (nodeform/nn/norm.py): 2 groups of 2 channels
+    Case("group_norm", lambda x, w, b: nf.tanh(nf.nn.group_norm(x, w, b, 2)),
+         lambda rng: [rng.standard_normal((2, 4, 3, 2)), rng.standard_normal(4), rng.standard_normal(4)]),
     # a whole solve as one primitive whose VJP is the continuous adjoint (nodeform/adjoint);
     # a fixed RK4 grid keeps the finite differences smooth (no step-size switching)
     Case("odeint", lambda y0, W: nf.odeint(lambda t, y: nf.tanh(y @ W), y0, [0.0, 0.3, 0.7],

@@ -10,7 +10,7 @@ from nodeform.nn.module import (Module, Parameter, Sequential, parameters_to_vec
 from nodeform.nn.layers import (Linear, ConcatLinear, Flatten, GlobalAvgPool2d, Identity,  # noqa: F401
                                 Lambda, Tanh, ReLU, Sigmoid, Softplus, ELU)
 from nodeform.nn.conv import Conv2d, ConcatConv2d, conv2d, im2col, col2im  # noqa: F401
-from nodeform.nn.norm import GroupNorm  # noqa: F401
+from nodeform.nn.norm import GroupNorm, group_norm  # noqa: F401
 from nodeform.nn.rnn import RNNCell  # noqa: F401
 from nodeform.nn.losses import (cross_entropy, accuracy, mse_loss, gaussian_nll,  # noqa: F401
                                 kl_diag_gaussians)

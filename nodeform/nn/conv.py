@@ -190,6 +190,17 @@ class ConcatConv2d(Conv2d):
     time. The weight has ``in_channels + 1`` input channels, channel 0 for ``t``
     (the layout of the paper's ``ConcatConv2d``, so weights can be compared).
 
+    The concatenated input is never built. A convolution is linear in its input,
+    so with ``w = [w_t | w_x]`` split along the input channels::
+
+        conv([t, x], w) + b = conv(x, w_x) + (b + t * conv(ones, w_t))
+
+    The last term is one small map (1, O, Ho, Wo), the same for every example
+    (not a constant: zero padding makes it smaller at the borders), computed on a
+    single image of ones and added in the pass that adds the bias. This saves the
+    copy into an (N, C+1, H, W) array, its gradient slice, and keeps the im2col
+    rows at C channels. Built from primitives, so it differentiates twice.
+
     Shapes: ``t`` scalar (number or 0-d Tensor), ``x`` (N, in_channels, H, W) ->
     (N, out_channels, Ho, Wo).
     """
@@ -200,11 +211,15 @@ class ConcatConv2d(Conv2d):
     def forward(self, t, x):
         x = as_tensor(x)
         self._check(x)
-        n, _, h, w = x.shape
+        _, _, h, w = x.shape
+        w_t, w_x = self.weight[:, :1], self.weight[:, 1:]                # (O, 1, kh, kw), (O, C, kh, kw)
+        ones = Tensor(get_xp(x.data).ones((1, 1, h, w), dtype=x.dtype))
+        tmap = conv2d(ones, w_t, None, self.stride, self.padding)        # (1, O, Ho, Wo)
         if isinstance(t, Tensor):
-            tt = F.broadcast_to(F.reshape(t.astype(x.dtype) if t.dtype != x.dtype else t,
-                                          1, 1, 1, 1), (n, 1, h, w))
+            t = F.reshape(t.astype(x.dtype) if t.dtype != x.dtype else t, 1, 1, 1, 1)
         else:
-            tt = Tensor(get_xp(x.data).full((n, 1, h, w), float(t), dtype=x.dtype))
-        return conv2d(F.concatenate([tt, x], axis=1), self.weight, self.bias, self.stride,
-                      self.padding)
+            t = float(t)
+        shift = tmap * t
+        if self.bias is not None:
+            shift = shift + self.bias.reshape(1, self.out_channels, 1, 1)
+        return conv2d(x, w_x, None, self.stride, self.padding) + shift

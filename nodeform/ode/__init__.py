@@ -8,10 +8,13 @@ Layout (one concept per file):
 - ``controller.py``: error norm, Hairer's first step, I / PI controllers.
 - ``loops.py``: the reference fixed-grid and adaptive loops (what the adjoint drives).
 - ``_numba_rk.py``: the same loops compiled with Numba.
+- ``adams.py``: variable-order Adams PECE (``method="adams"``); ``_numba_adams.py`` its twin.
 - ``api.py``: ``odeint``, ``solve`` and the one engine dispatch; ``solution.py``, ``errors.py``.
 
 Taught in chapters/ch02_ode_solvers.py.
 """
+from nodeform.ode.adams import (ADAMS, MAX_ORDER, integrate_adams,  # noqa: F401
+                                 integration_coefficients)
 from nodeform.ode.api import DEFAULT_ATOL, DEFAULT_RTOL, odeint, select_engine, solve  # noqa: F401
 from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentError,  # noqa: F401
                                  SolverError, StepSizeUnderflowError, VectorFieldError)

@@ -24,6 +24,8 @@ from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentEr
 from nodeform.ode.loops import (MAX_STEPS, check_vector_field_output, fixed_grid_counts,
                                 integrate)
 from nodeform.ode.solution import Solution
+from nodeform.ode._adams_run import run_adams
+from nodeform.ode.adams import ADAMS
 from nodeform.ode.tableaus import METHODS, get_tableau
 
 __all__ = ["odeint", "solve", "select_engine", "DEFAULT_RTOL", "DEFAULT_ATOL"]
@@ -343,7 +345,8 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         ``t[0]`` is the start. Outputs cost no extra evaluations (dense output).
     method : str or ButcherTableau
         ``"dopri5"`` (default), ``"tsit5"``, ``"bosh3"`` (adaptive) or ``"euler"``,
-        ``"midpoint"``, ``"rk4"`` (fixed grid).
+        ``"midpoint"``, ``"rk4"`` (fixed grid); ``"adams"``: variable-order Adams PECE
+        (:mod:`nodeform.ode.adams`; its trace also has the ``order`` of each step).
     rtol, atol : float
         Tolerances of the scaled RMS error ``err / (atol + rtol |y|)`` per step; both
         positive (``atol = 0`` is refused: a zero component would give 0/0).
@@ -381,9 +384,9 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
     if not callable(f):
         raise _bad(f"`f` must be callable as f(t, y, *args); got {type(f).__name__}.")
     try:
-        tab = get_tableau(method)
+        tab = ADAMS if (type(method) is str and method == "adams") else get_tableau(method)
     except ValueError as exc:
-        raise _bad(str(exc)) from None
+        raise _bad(str(exc).replace(" or pass", ", 'adams' (Adams PECE), or pass")) from None
     # the common case (positive float tolerances) is checked inline; anything else gets the
     # full check and its message
     if not (type(rtol) is float and rtol > 0.0):
@@ -435,7 +438,12 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         engine = "reference"
     xp = get_xp(y0)
     try:
-        if engine == "numba":
+        if tab is ADAMS:
+            ys, stats, tr = run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size,
+                                      first_step, max_steps, max_step, trace,
+                                      controller=options.get("controller"))
+            ys = _stack(ys, xp)
+        elif engine == "numba":
             ys, stats, tr = _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size,
                                        first_step, max_steps, max_step, controller, trace)
         else:

@@ -31,7 +31,8 @@ class Solution:
         ``"reference"`` or ``"numba"``.
     trace : dict of ndarray or None
         With ``trace=True`` (adaptive methods): per attempted step ``t`` (start),
-        ``h`` (signed), ``error_ratio`` and ``accepted`` (bool).
+        ``h`` (signed), ``error_ratio`` and ``accepted`` (bool); ``method="adams"`` adds
+        ``order``, the order of each attempted step.
     """
 
     ts: np.ndarray

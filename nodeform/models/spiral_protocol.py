@@ -1,0 +1,210 @@
+"""The Table 2 protocol: every choice the paper leaves open, in one dataclass, and its runner.
+
+Paper Sec. 5.1 fixes the data set's size and shape, the sizes of the models and
+the metric's span (paper.md §4); :class:`Protocol` holds everything else, and
+:func:`run_protocol` trains the latent ODE and the RNN baselines under it and
+returns the six Table 2 numbers (plus the no-Δt RNN) with the choices attached, so a
+results file always says how its numbers were made. Chapter 7 explains each choice
+and what the alternatives gave.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from nodeform import optim
+from nodeform.adjoint.odeint import SolveStats
+from nodeform.data.spirals import NOISE_STD, make_spirals, subsample
+from nodeform.models.latent_ode import LatentODE, RNNBaseline
+
+
+@dataclass
+class Protocol:
+    """The open choices of the spiral experiment (defaults: the protocol chapter 7 adopts).
+
+    Attributes
+    ----------
+    noise_std : float
+        Observation noise, data units (torchdiffeq's 0.3).
+    dt : float or None
+        Model-time step between grid points; None is the curve's own step (6π/499).
+    normalize : bool
+        Train and score on ``(x - mean) / scale`` of the training observations.
+    iters_ode, iters_rnn : int
+        Full-batch Adam iterations.
+    lr : float
+    obs_std : float or None
+        Likelihood std in the units trained on; None means the true noise std.
+    grad : str
+        Gradient method of the latent ODE's solve (see ``LatentODE.trajectories``).
+    rmse_target : {"noisy", "truth"}
+        What the extrapolation is compared with (both are reported).
+    seed : int
+    cw_curve : {"torchdiffeq", "mirror"}
+        The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`).
+    """
+
+    noise_std: float = NOISE_STD
+    dt: float | None = None
+    normalize: bool = True
+    iters_ode: int = 800
+    iters_rnn: int = 800
+    lr: float = 0.01
+    obs_std: float | None = None
+    grad: str = "backprop"
+    rmse_target: str = "noisy"
+    seed: int = 0
+    cw_curve: str = "torchdiffeq"
+    n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
+
+
+def prepare(p, n_obs):
+    """Data for one ``n``: a dict of train / test arrays in the units trained on."""
+    kw = {} if p.dt is None else {"dt": p.dt}
+    d = make_spirals(noise_std=p.noise_std, seed=p.seed, cw_curve=p.cw_curve, **kw)
+    mean, scale = d.normalizer() if p.normalize else (np.zeros(2), 1.0)
+    X, Y = (d.noisy - mean) / scale, (d.truth - mean) / scale
+    idx = subsample(len(X), d.n_points, n_obs, seed=p.seed)
+    mask = np.zeros((len(X), d.n_points), bool)
+    mask[np.arange(len(X))[:, None], idx] = True
+    P = d.n_points
+    return {"data": d, "scale": scale, "mean": mean, "t": d.t[:P], "t_ext": d.t[P:],
+            "x_tr": X[d.train, :P], "m_tr": mask[d.train], "x_te": X[d.test, :P], "m_te": mask[d.test],
+            "y_te": X[d.test, P:], "truth_te": Y[d.test, P:], "obs_std": p.noise_std / scale,
+            "cw_te": d.clockwise[d.test]}
+
+
+def rmse(pred, target):
+    """Root of the mean squared error over every spiral, time point and coordinate."""
+    return float(np.sqrt(np.mean((np.asarray(pred) - np.asarray(target)) ** 2)))
+
+
+def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
+    """Fit a :class:`LatentODE` on ``D`` (from :func:`prepare`); returns ``(model, history)``."""
+    iters = p.iters_ode if iters is None else iters
+    seed = p.seed if rng_seed is None else rng_seed
+    model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed)
+    opt = optim.Adam(model.parameters(), lr=p.lr)
+    rng = np.random.default_rng([seed, 1])
+    hist, st = [], SolveStats()
+    t0 = time.perf_counter()
+    for it in range(iters):
+        opt.zero_grad()
+        loss, info = model.loss(D["x_tr"], D["t"], D["m_tr"], rng, grad=p.grad, stats=st)
+        loss.backward()
+        opt.step()
+        hist.append((float(loss.data), st.nfe_forward, st.nfe_backward))
+        st.reset()
+        if log_every and (it % log_every == 0 or it == iters - 1):
+            print(f"  latent ODE it {it:5d}  -ELBO {float(loss.data):10.2f}  kl {info['kl']:7.2f}  "
+                  f"nfe {hist[-1][1]:3d}/{hist[-1][2]:4d}  {time.perf_counter() - t0:6.1f} s", flush=True)
+    return model, hist
+
+
+def train_rnn(p, D, time_input=True, iters=None, log_every=0, rng_seed=None):
+    """Fit an :class:`RNNBaseline`; returns ``(model, history)``."""
+    iters = p.iters_rnn if iters is None else iters
+    seed = p.seed if rng_seed is None else rng_seed
+    model = RNNBaseline(time_input=time_input, obs_std=p.obs_std or D["obs_std"],
+                        dt_scale=D["t"][1] - D["t"][0], rng=seed)
+    opt = optim.Adam(model.parameters(), lr=p.lr)
+    hist = []
+    t0 = time.perf_counter()
+    for it in range(iters):
+        opt.zero_grad()
+        loss = model.loss(D["x_tr"], D["t"], D["m_tr"])
+        loss.backward()
+        opt.step()
+        hist.append(float(loss.data))
+        if log_every and (it % log_every == 0 or it == iters - 1):
+            print(f"  RNN(dt={time_input}) it {it:5d}  nll {hist[-1]:10.2f}  "
+                  f"{time.perf_counter() - t0:6.1f} s", flush=True)
+    return model, hist
+
+
+def scores(pred, D):
+    """RMSE of an extrapolation ``(N_test, 100, 2)`` against the noisy points and the truth.
+
+    Also per direction (``noisy_cw``, ``noisy_ccw``) and over the first 50 extrapolated
+    points only (``noisy_first50``), to see where the error comes from, and the mean over
+    spirals of each spiral's RMSE (``noisy_mean_of_per_spiral``), another reading of the metric.
+    """
+    cw = D["cw_te"]
+    return {"noisy": rmse(pred, D["y_te"]), "truth": rmse(pred, D["truth_te"]),
+            "noisy_data_units": rmse(pred, D["y_te"]) * D["scale"],
+            "noisy_cw": rmse(pred[cw], D["y_te"][cw]), "noisy_ccw": rmse(pred[~cw], D["y_te"][~cw]),
+            "noisy_first50": rmse(pred[:, :50], D["y_te"][:, :50]),
+            "noisy_mean_of_per_spiral": float(np.mean(np.sqrt(np.mean((pred - D["y_te"]) ** 2,
+                                                                        axis=(1, 2)))))}
+
+
+def _run_one(p, n, iters_scale, log_every):
+    """Train the three models at one ``n``: ``(results, data, [latent_ode, rnn_dt, rnn])``."""
+    D = prepare(p, n)
+    res = {}
+    t0 = time.perf_counter()
+    ode, h_ode = train_latent_ode(p, D, iters=max(1, int(p.iters_ode * iters_scale)),
+                                  log_every=log_every)
+    pred, _ = ode.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"])
+    res["latent_ode"] = scores(pred, D) | {"train_s": time.perf_counter() - t0,
+                                           "final_loss": h_ode[-1][0],
+                                           "nfe_forward_last": h_ode[-1][1]}
+    models = [ode]
+    for ti, name in ((True, "rnn_dt"), (False, "rnn")):
+        t0 = time.perf_counter()
+        rnn, h = train_rnn(p, D, time_input=ti, iters=max(1, int(p.iters_rnn * iters_scale)),
+                           log_every=log_every)
+        pred = rnn.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"])
+        res[name] = scores(pred, D) | {"train_s": time.perf_counter() - t0, "final_loss": h[-1]}
+        models.append(rnn)
+    print(f"n={n}: " + ", ".join(f"{k} {v['noisy']:.4f}" for k, v in res.items()), flush=True)
+    return res, D, models
+
+
+def _run_one_in_child(p, n, iters_scale, log_every):
+    res, _, models = _run_one(p, n, iters_scale, log_every)
+    return res, [m.state_dict() for m in models]
+
+
+def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
+    """Train the three models at every ``n`` of ``p.n_obs``; returns a JSON-ready dict.
+
+    Parameters
+    ----------
+    p : Protocol
+    log_every : int
+        Print the training loss every so many iterations (0: never).
+    iters_scale : float
+        Shortens every training (quick runs).
+    keep : dict, optional
+        Receives ``{n: (D, latent_ode, rnn_dt, rnn)}``: data and trained models, for figures.
+    workers : int
+        Train the ``n`` values in this many processes at once (results are identical:
+        every training is seeded by ``p.seed`` alone).
+    """
+    out = {"protocol": asdict(p), "results": {}}
+    if workers <= 1:
+        for n in p.n_obs:
+            res, D, models = _run_one(p, n, iters_scale, log_every)
+            out["results"][str(n)] = res
+            if keep is not None:
+                keep[n] = (D, *models)
+        return out
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=int(workers)) as ex:
+        futs = {n: ex.submit(_run_one_in_child, p, n, iters_scale, log_every) for n in p.n_obs}
+        for n in p.n_obs:
+            res, states = futs[n].result()
+            out["results"][str(n)] = res
+            if keep is not None:
+                D = prepare(p, n)
+                step = D["t"][1] - D["t"][0]
+                models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step),
+                          RNNBaseline(time_input=True, obs_std=p.obs_std or D["obs_std"], dt_scale=step),
+                          RNNBaseline(time_input=False, obs_std=p.obs_std or D["obs_std"], dt_scale=step)]
+                for m, st in zip(models, states):
+                    m.load_state_dict(st)
+                keep[n] = (D, *models)
+    return out

@@ -1,0 +1,238 @@
+"""The latent ODE of chapter 7: spiral data, ELBO gradients, the Poisson likelihood, batching."""
+import numpy as np
+import pytest
+
+import nodeform as nf
+from nodeform import nn, optim
+from nodeform.data.spirals import checksum, make_spirals, spiral_curve, subsample
+from nodeform.models.latent_ode import (LatentODE, PoissonLatentODE, RNNBaseline, compact,
+                                        poisson_log_likelihood, previous_gaps)
+
+
+# ------------------------------------------------------------------ data
+def test_spirals_shapes_and_split():
+    d = make_spirals(n_spirals=40, n_train=30, seed=3)
+    assert d.t.shape == (200,) and d.truth.shape == d.noisy.shape == (40, 200, 2)
+    assert np.allclose(np.diff(d.t), d.t[1])                  # equally spaced model times
+    assert (d.train, d.test) == (slice(0, 30), slice(30, 40))
+    noise = d.noisy - d.truth
+    assert 0.25 < noise.std() < 0.35                          # the stated 0.3
+    assert len(np.unique(d.start)) == 40                      # every spiral starts elsewhere
+
+
+def test_spirals_half_clockwise_and_direction_is_right():
+    d = make_spirals(n_spirals=100, n_train=80, seed=1)
+    assert d.clockwise.sum() == 50
+    # the signed area swept around each arm's centre: negative for clockwise
+    c = np.where(d.clockwise, -5.0, 5.0)[:, None]
+    x, y = d.truth[..., 0] - c, d.truth[..., 1]
+    cross = x[:, :-1] * y[:, 1:] - y[:, :-1] * x[:, 1:]
+    assert np.all((cross.sum(axis=1) < 0) == d.clockwise)
+
+
+def test_spirals_are_seeded_and_checksummed():
+    a, b = make_spirals(seed=0), make_spirals(seed=0)
+    assert checksum(a.noisy) == checksum(b.noisy)
+    assert checksum(a.noisy) != checksum(make_spirals(seed=1).noisy)
+    # recorded when the generator was written; a change of the data set must be deliberate
+    assert checksum(a.truth, a.noisy, a.clockwise, subsample(1000, 100, 30)) == "80c01188d3ab7699"
+
+
+def test_subsample_rows_are_distinct_sorted_and_in_range():
+    idx = subsample(50, 100, 30, seed=0)
+    assert idx.shape == (50, 30)
+    assert np.all(np.diff(idx, axis=1) > 0) and idx.min() >= 0 and idx.max() < 100
+    assert not np.array_equal(idx[0], idx[1])
+    assert np.array_equal(subsample(100, 100, 100)[0], np.arange(100))
+
+
+def test_spirals_reject_bad_arguments():
+    with pytest.raises(ValueError, match="`n_spirals`"):
+        make_spirals(n_spirals=5)
+    with pytest.raises(ValueError, match="`start_range`"):
+        make_spirals(start_range=(100, 400))
+    with pytest.raises(ValueError, match="`n_obs`"):
+        subsample(10, 100, 0)
+
+
+def test_spiral_curve_is_an_orbit_of_an_autonomous_field():
+    """ccw: r' = b, theta' = 1; so shifting the start shifts the curve (time invariance)."""
+    s = np.linspace(4.0, 6.0, 5)
+    p = spiral_curve(s, False) - [5.0, 0.0]
+    assert np.allclose(np.hypot(*p.T), 0.3 * s)
+
+
+# ------------------------------------------------------------------ batching helpers
+def test_compact_and_gaps():
+    mask = np.array([[0, 1, 0, 1], [1, 1, 1, 0]], bool)
+    idx, valid = compact(mask)
+    assert idx.tolist() == [[1, 3, 3], [0, 1, 2]] and valid.tolist() == [[1, 1, 0], [1, 1, 1]]
+    t = np.array([0.0, 0.5, 1.5, 3.0])
+    g = previous_gaps(t[idx], valid, 0.0)
+    assert np.allclose(g, [[0.5, 2.5, 0.0], [0.0, 0.5, 1.0]])
+
+
+def _tiny(seed=0, **kw):
+    return LatentODE(obs_dim=2, latent_dim=2, rnn_hidden=3, dyn_hidden=3, dec_hidden=3, obs_std=0.5,
+                     rng=seed, **kw)
+
+
+def _batch(rng, N=3, T=5):
+    t = np.linspace(0.0, 1.0, T)
+    x = rng.standard_normal((N, T, 2))
+    mask = rng.random((N, T)) < 0.6
+    mask[:, 2] = True
+    mask[0, -1] = False
+    return x, t, mask
+
+
+def test_union_solve_equals_per_sequence_solves(rng):
+    """One solve over the union of times, masked, gives each sequence what its own solve gives."""
+    model = _tiny()
+    x, t, mask = _batch(rng, N=4, T=6)
+    tight = {"rtol": 1e-10, "atol": 1e-12}
+    z0 = nf.Tensor(rng.standard_normal((4, 2)))
+    cols = np.flatnonzero(mask.any(axis=0))
+    together = model.trajectories(z0, t[cols], 0.0, grad="continuous", solver=tight).data
+    for i in range(4):
+        own = np.flatnonzero(mask[i])
+        alone = model.trajectories(z0[i:i + 1], t[own], 0.0, grad="continuous", solver=tight).data
+        assert np.allclose(together[np.searchsorted(t[cols], t[own]), i], alone[:, 0], atol=1e-8)
+
+
+def _loss_fn(model, x, t, mask, grad, solver):
+    names = [n for n, _ in model.named_parameters()]
+
+    def fun(*ps):
+        with nn.using_parameters(model, ps):
+            return model.loss(x, t, mask, np.random.default_rng(7), grad=grad, solver=solver)[0]
+    return fun, names
+
+
+@pytest.mark.parametrize("grad,solver,rtol", [
+    ("backprop", {"method": "rk4", "step_size": 0.1}, 1e-6),     # exact for the discrete scheme
+    ("continuous", {"rtol": 1e-10, "atol": 1e-12}, 1e-4),        # the adjoint: O(tolerance)
+])
+def test_elbo_gradient_matches_finite_differences(rng, grad, solver, rtol):
+    model = _tiny()
+    x, t, mask = _batch(rng)
+    fun, _ = _loss_fn(model, x, t, mask, grad, solver)
+    params = [p.data.copy() for p in model.parameters()]
+    r = nf.gradcheck(fun, *params, rtol=rtol, atol=1e-7, mode="dot", eps=1e-5)
+    assert r.ok, r.text
+
+
+def test_numba_fast_path_matches_autodiff_model(rng):
+    """The compiled field with its hand VJPs gives the same loss and gradients as the autodiff one."""
+    model = _tiny()
+    x, t, mask = _batch(rng)
+    tight = {"rtol": 1e-10, "atol": 1e-12}
+    out = {}
+    for grad in ("numba", "continuous"):
+        model.zero_grad()
+        loss, _ = model.loss(x, t, mask, np.random.default_rng(7), grad=grad, solver=tight)
+        loss.backward()
+        out[grad] = (float(loss.data), [p.grad.data.copy() if hasattr(p.grad, "data") else p.grad.copy()
+                                         for p in model.parameters()])
+    assert abs(out["numba"][0] - out["continuous"][0]) < 1e-9 * abs(out["numba"][0])
+    for a, b in zip(out["numba"][1], out["continuous"][1]):
+        assert np.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_kl_term_is_zero_at_the_prior_and_positive_elsewhere(rng):
+    model = _tiny()
+    x, t, mask = _batch(rng)
+    mu, logvar = model.posterior(x, t, mask)
+    kl = nn.kl_diag_gaussians(mu, logvar, reduction="none").data
+    closed = 0.5 * (np.exp(logvar.data) + mu.data ** 2 - 1 - logvar.data).sum(axis=1)
+    assert np.allclose(kl, closed) and np.all(kl > 0)
+
+
+def test_training_steps_lower_the_loss():
+    d = make_spirals(n_spirals=40, n_train=32, seed=2)
+    mean, scale = d.normalizer()
+    x = (d.noisy[d.train, :100] - mean) / scale
+    mask = np.zeros((32, 100), bool)
+    mask[np.arange(32)[:, None], subsample(32, 100, 20)] = True
+    for model, step in [(_tiny(dt_scale=d.t[1]), "ode"), (RNNBaseline(obs_std=0.5, dt_scale=d.t[1], rng=0), "rnn")]:
+        opt = optim.Adam(model.parameters(), lr=0.02)
+        rng = np.random.default_rng(0)
+        losses = []
+        for _ in range(8):
+            opt.zero_grad()
+            if step == "ode":
+                loss = model.loss(x, d.t[:100], mask, rng, grad="backprop")[0]
+            else:
+                loss = model.loss(x, d.t[:100], mask)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.data))
+        assert losses[-1] < 0.8 * losses[0], (step, losses)
+
+
+def test_rnn_rollout_shapes_and_time_input(rng):
+    x, t, mask = _batch(rng, N=3, T=5)
+    for ti in (True, False):
+        m = RNNBaseline(time_input=ti, rng=0)
+        pred = m.predict(x, t, mask, np.array([1.5, 2.0, 2.5]))
+        assert pred.shape == (3, 3, 2) and np.all(np.isfinite(pred))
+    with pytest.raises(ValueError, match="`t_pred`"):
+        RNNBaseline(rng=0).predict(x, t, mask, np.array([0.5, 2.0]))
+
+
+# ------------------------------------------------------------------ the Poisson process
+def test_poisson_log_likelihood_constant_rate():
+    """lambda = c: log p = N log c - c (t_end - t_start)."""
+    c, ev = 1.7, np.array([[0.3, 1.1, 2.0, 2.9]])
+    ll = poisson_log_likelihood(lambda t, z: z * 0.0, lambda z: z[:, 0] * 0.0 + c,
+                                nf.Tensor(np.zeros((1, 1))), ev, 0.0, 3.0)
+    assert np.isclose(ll.data[0], 4 * np.log(c) - c * 3.0, rtol=1e-10)
+
+
+def test_poisson_log_likelihood_linear_rate():
+    """z' = 1 so z = t; lambda = a + b z: log p = sum log(a + b t_i) - (a T + b T^2 / 2)."""
+    a, b, T = 0.5, 2.0, 2.5
+    ev = np.array([[0.2, 0.9, 1.4, 2.2, 2.5], [0.1, 0.5, 0.6, 1.0, 1.0]])
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], bool)
+    ll = poisson_log_likelihood(lambda t, z: z * 0.0 + 1.0, lambda z: a + b * z[:, 0],
+                                nf.Tensor(np.zeros((2, 1))), ev, 0.0, T, event_mask=mask)
+    want = [(np.log(a + b * e[m])).sum() - (a * T + b * T * T / 2) for e, m in zip(ev, mask)]
+    assert np.allclose(ll.data, want, rtol=1e-8)
+
+
+def test_poisson_gradient_matches_finite_differences(rng):
+    model = PoissonLatentODE(latent_dim=2, hidden=3, rng=0)
+    ev = np.sort(rng.uniform(0.0, 2.0, (2, 4)), axis=1)
+
+    def fun(*ps):
+        with nn.using_parameters(model, ps):
+            return model.log_likelihood(ev, 0.0, 2.0, method="rk4", step_size=0.05).sum()
+    r = nf.gradcheck(fun, *[p.data.copy() for p in model.parameters()], rtol=1e-6, mode="dot")
+    assert r.ok, r.text
+
+
+def test_poisson_rejects_events_outside_the_window():
+    with pytest.raises(ValueError, match="t_start, t_end"):
+        poisson_log_likelihood(lambda t, z: z, lambda z: z[:, 0], nf.Tensor(np.zeros((1, 1))),
+                               np.array([[3.5]]), 0.0, 3.0)
+
+
+def test_toy_events_have_the_rate_they_claim():
+    """Mean count over 300 realizations = integral of the rate (to 4 standard errors)."""
+    from nodeform.data.events import TOY_RATE_MAX, poisson_events, toy_rate
+    times, mask = poisson_events(toy_rate, 10.0, TOY_RATE_MAX, n_realizations=300, seed=0)
+    expect = 30.0 + 2.0 * (1.0 - np.cos(9.0)) / 0.9
+    assert abs(mask.sum(axis=1).mean() - expect) < 4 * np.sqrt(expect / 300)
+    assert np.all(times[mask] > 0) and np.all(times[mask] <= 10.0)
+    # thinning keeps more events where the rate is high: first half vs second half of a period
+    hi = ((times > 0.2) & (times < 3.3) & mask).sum()
+    lo = ((times > 3.7) & (times < 6.8) & mask).sum()
+    assert hi > 1.5 * lo
+
+
+def test_mirror_clockwise_arm_is_the_reflected_counter_clockwise_arm():
+    s = np.linspace(4.0, 8.0, 7)
+    a, b = spiral_curve(s, False, "mirror"), spiral_curve(s, True, "mirror")
+    assert np.allclose(b[:, 0] + 5.0, a[:, 0] - 5.0) and np.allclose(b[:, 1], -a[:, 1])
+    with pytest.raises(ValueError, match="`cw_curve`"):
+        spiral_curve(s, True, "spiral")
