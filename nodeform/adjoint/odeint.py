@@ -12,7 +12,8 @@
   the exact derivative of the numerical solution on a fixed grid (with adaptive steps,
   of the solution with its step sequence frozen); memory grows with the steps.
 * A :class:`~nodeform.adjoint.numba_field.NumbaField` (or ``(f, f_vjp)``) as ``func``
-  runs forward and adjoint solves compiled (continuous adjoint only).
+  runs forward and adjoint solves compiled (continuous adjoint only). The same pair
+  written as plain NumPy functions runs the same way in the reference loops.
 
 Which Tensors get gradients (the continuous adjoint keeps no graph of the forward
 solve, so it must know them): without ``params=``, every Tensor requiring grad that
@@ -31,11 +32,12 @@ import numpy as np
 
 from nodeform.adjoint.backprop import odeint_backprop
 from nodeform.adjoint.continuous import AugmentedLayout, TensorField, adjoint_sweep
-from nodeform.adjoint.numba_field import NumbaField, augmented, vjp_handle
+from nodeform.adjoint.numba_field import NumbaField, augmented, augmented_call, vjp_handle
 from nodeform.autodiff.primitive import defprim
 from nodeform.autodiff.tensor import Tensor, _toposort, is_grad_enabled, watching
 from nodeform.backend import get_xp
 from nodeform.ode import api as ode_api
+from nodeform.ode.api import _is_numba_function
 from nodeform.ode.errors import NonFiniteError, SolverArgumentError, SolverError
 
 ADJOINTS = ("continuous", "backprop")
@@ -317,15 +319,22 @@ class _Problem:
                 nfev[0] += 1
                 return nf_.f(float(t), z, theta, *extra)
 
-            # a function-pointer handle keeps the compiled adjoint loop cached across processes
-            vjp = vjp_handle(nf_.f_vjp, theta, extra)
+            # a function-pointer handle keeps the compiled adjoint loop cached across processes;
+            # a plain NumPy pair (not njit) runs the same augmented dynamics in the reference loop
+            compiled = _is_numba_function(nf_.f_vjp)
+            vjp = vjp_handle(nf_.f_vjp, theta, extra) if compiled else None
             vjp = nf_.f_vjp if vjp is None else vjp
 
             def solve_back(s, t_from, t_to):
+                if compiled:
+                    aug_f, aug_args = augmented_call(nf_.f_vjp, vjp, theta, n, p, self.with_t,
+                                                     extra)
+                else:
+                    aug_f, aug_args = augmented.py_func, (vjp, theta, n, p, self.with_t, extra)
                 try:
-                    sol = ode_api.solve(augmented, s, [t_from, t_to], method=adj_method,
-                                        rtol=adj_rtol, atol=adj_atol,
-                                        args=(vjp, theta, n, p, self.with_t, extra), **adj_options)
+                    sol = ode_api.solve(aug_f, s, [t_from, t_to], method=adj_method,
+                                        rtol=adj_rtol, atol=adj_atol, args=aug_args,
+                                        **adj_options)
                 except SolverError as exc:
                     raise _backward_error(exc, t_from, t_to) from exc
                 nfev[0] += sol.stats["nfev"]

@@ -7,8 +7,10 @@ NumPy float64 only, 1-D state, the stages live in a preallocated ``K`` of shape
 ``(s, n)``, and failures come back as a status code that the Python side turns into
 the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
-The vector field is an ``@numba.njit`` function ``f(t, y, *args)``; ``args`` is a
-tuple passed through unchanged. Each built-in method
+The vector field is an ``@numba.njit`` function ``f(t, y, *args) -> dy``, or in place
+``f(t, y, out, *args)`` writing dy/dt into ``out`` (a row of ``K``: no allocation per
+evaluation; told apart by the number of parameters, see :func:`nodeform.ode._fnptr.is_inplace`);
+``args`` is a tuple passed through unchanged. Each built-in method
 (:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is
 straight-line code with the tableau's nonzero coefficients as literals (generated from
 the tableau when first compiled, see :func:`_step_source`), so nothing is looked up or
@@ -20,7 +22,9 @@ add the same terms in the same order. ``f`` normally arrives as a function-point
 and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
 through a pointer (it returns a non-contiguous or non-float64 array, say), the
 dispatcher itself is passed: the loop is specialized per ``f`` and recompiled in every
-process.
+process (:func:`uncached`: never through the disk cache). ``solve(..., specialize=True)``
+takes that path on purpose: ``f`` is compiled into the loop (inlined by LLVM), the
+fastest solve, for one loop compile per field and process.
 
 Debug with ``NUMBA_DISABLE_JIT=1`` (the same code runs as Python), switch the compiled
 engine off with ``NODEFORM_NUMBA=0``.
@@ -37,7 +41,7 @@ from numba.extending import overload
 __all__ = ["solve_adaptive", "solve_fixed", "ADAPTIVE_LOOPS", "FIXED_LOOPS", "ST_OK",
            "ST_MAX_STEPS", "ST_UNDERFLOW", "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
 
-from nodeform.ode._fnptr import field_function
+from nodeform.ode._fnptr import field_call, field_function
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
 from nodeform.ode.tableaus import METHODS
@@ -72,12 +76,14 @@ def _all_finite(x):
 
 @njit(cache=True, inline="always")
 def _eval(f, t, y, args, K, i):
-    """K[i] = f(t, y, *args); False when f returned the wrong length."""
-    out = f(t, y, *args)
+    """K[i] = f(t, y, *args) (an in-place f writes K[i] itself); False when f returned the
+    wrong length."""
+    out = field_call(f, t, y, args, K, i)
     if out.shape[0] != K.shape[1]:
         return False
-    for m in range(K.shape[1]):
-        K[i, m] = out[m]
+    if out.ctypes.data != K[i].ctypes.data:  # an in-place field wrote K[i] already
+        for m in range(K.shape[1]):
+            K[i, m] = out[m]
     return True
 
 
@@ -171,7 +177,7 @@ def _rms(x):
     return math.sqrt(acc / x.shape[0]) if x.shape[0] > 0 else 0.0
 
 
-@njit(cache=True)
+@njit(inline="always", error_model="numpy")
 def _initial_step(f, args, t0, y0, f0, direction, err_order, rtol, atol, span, scratch, K):
     """Hairer's first step (see controller.select_initial_step); uses K[1] as scratch."""
     n = y0.shape[0]
@@ -209,6 +215,62 @@ def _first_bad_stage(K, upto):
         if not _all_finite(K[i]):
             return i
     return -1
+
+
+# Why a step's error ratio was not finite (info[8] of the adaptive loop; words in
+# :func:`nonfinite_cause_words`), found on the failure path only.
+CAUSE_NONE = 0
+CAUSE_F_NONFINITE = 1     # f returned NaN/inf for a finite stage state: f's own doing
+CAUSE_STATE_OVERFLOW = 2  # a stage state (or the new state) overflowed float64
+CAUSE_ERROR_OVERFLOW = 3  # stages and state finite, the error estimate overflowed
+CAUSE_ZERO_SCALE = 4      # atol = 0 and a component 0: its scaled error is 0/0
+
+
+@njit(cache=True, error_model="numpy")
+def _nonfinite_cause(K, A, y, y_new, h, rtol, atol, scratch):
+    """``(first non-finite stage or -1, CAUSE_*)`` of a step whose error ratio is NaN/inf.
+
+    A stage ``K_i`` that is not finite although its state ``y + h sum_j A_ij K_j`` is
+    finite is f's doing; a stage state that is not finite means the state overflowed.
+    """
+    s, n = K.shape
+    for i in range(s):
+        if _all_finite(K[i]):
+            continue
+        ok = True
+        for m in range(n):
+            acc = 0.0
+            for j in range(i):
+                if A[i, j] != 0.0:
+                    acc += K[j, m] * A[i, j]
+            scratch[m] = y[m] + acc * h
+        ok = _all_finite(scratch)
+        return i, CAUSE_F_NONFINITE if ok else CAUSE_STATE_OVERFLOW
+    if not _all_finite(y_new):
+        return -1, CAUSE_STATE_OVERFLOW
+    for m in range(n):
+        if atol + rtol * max(abs(y[m]), abs(y_new[m])) == 0.0:
+            return -1, CAUSE_ZERO_SCALE
+    return -1, CAUSE_ERROR_OVERFLOW
+
+
+def nonfinite_cause_words(cause, stage, y):
+    """The real cause of a non-finite failure of the adaptive loop, in words (Python side)."""
+    big = float(np.max(np.abs(y))) if np.size(y) else 0.0
+    if cause == CAUSE_F_NONFINITE:
+        return (f"`f` returned NaN/inf (stage {stage}) for a finite state, and still does with "
+                "the smallest step: f itself is not finite here (a division by zero, a log/sqrt "
+                "of a negative, an overflow inside f, a NaN parameter), not the solver diverging")
+    if cause == CAUSE_STATE_OVERFLOW:
+        return (f"the state overflowed float64 (|y| up to {big:.3g} before the step, the largest "
+                "float64 is 1.8e308): a step of any size leaves the representable range. Rescale "
+                "the state (or `y0`) so that its entries stay far below 1e300")
+    if cause == CAUSE_ZERO_SCALE:
+        return ("`atol` = 0 and a state component is 0, so its error scale atol + rtol |y| is 0 "
+                "and its scaled error 0/0: no step can be accepted. Pass a small positive `atol` "
+                "(e.g. 1e-12 for values of order 1)")
+    return (f"the error estimate overflowed float64 (|y| up to {big:.3g}, the derivatives near "
+            "the float64 maximum): rescale the problem")
 
 
 @njit(cache=True)
@@ -409,7 +471,7 @@ def _step_source(tab, what):
                     lines.append(f"{ind}    y_stage[m] = y[m] + ({expr}) * h")
                 else:
                     lines.append(f"{ind}    y_stage[m] = y[m]")
-            lines.append(f"    o = f(t + {tab.c_list[i]!r} * h, y_stage, *args)")
+            lines.append(f"    o = field_call(f, t + {tab.c_list[i]!r} * h, y_stage, args, K, {i})")
             lines.append("    if o.shape[0] != n:")
             lines.append("        return o")
         if not tab.fsal:  # an FSAL method's error-ratio pass stores it (or _step_store_last)
@@ -457,7 +519,7 @@ def _generated(tag, what, generic):
     name = tag.literal_value
     key = (name, what)
     if key not in _GENERATED:
-        namespace = {"_eval": _eval, "_rms_of_squares": _rms_of_squares}
+        namespace = {"_eval": _eval, "_rms_of_squares": _rms_of_squares, "field_call": field_call}
         exec(compile(_step_source(METHODS[name], what), f"<nodeform {name} {what}>", "exec"),
              namespace)
         _GENERATED[key] = namespace["impl"]
@@ -520,7 +582,7 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
     n = y0.shape[0]
     s = A.shape[0]
     ys = np.full((n_out, n), np.nan)
-    info = np.zeros(8)
+    info = np.zeros(9)
     tr = np.zeros((max_steps if trace else 0, 4))
     for m in range(n):
         ys[0, m] = y0[m]
@@ -535,6 +597,7 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
     t0 = t_out[0]
     t_end = t_out[n_out - 1]
     direction = 1.0 if t_end > t0 else -1.0
+    span = abs(t_end - t0)
     nfev = 0
     n_steps = 0
     n_acc = 0
@@ -559,11 +622,18 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
             return ys, info, -1, tr
     else:
         h_abs = first_step
+    if not np.isfinite(h_abs):  # 0/0 in the error scale (atol = 0 and a zero component)
+        info[0] = ST_NONFINITE
+        info[2] = nfev
+        info[6] = t
+        info[8] = CAUSE_ZERO_SCALE
+        return ys, info, -1, tr
     h_abs = min(h_abs, max_step)
     prev_pow = 1.0  # ratio_prev ** beta with ratio_prev = 1 before the first step
     after_reject = False
     shift = False  # the FSAL shift K[0] = K[s-1] is pending
     bad_stage = -1
+    cause = CAUSE_NONE
     k = 1
     status = ST_OK
     h = h_abs * direction
@@ -572,9 +642,11 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
             status = ST_MAX_STEPS
             h = h_abs * direction
             break
-        min_step = UNDERFLOW_ULPS * EPS * abs(t)
+        # not proportional to |t| alone: at t = 0 that floor would be 0 (issue 8, item 11);
+        # the reference engine uses the same rule (loops.min_step_size)
+        min_step = UNDERFLOW_ULPS * EPS * max(abs(t), span)
         if h_abs < min_step:
-            status = ST_NONFINITE if bad_stage >= 0 else ST_UNDERFLOW
+            status = ST_NONFINITE if cause != CAUSE_NONE else ST_UNDERFLOW
             h = h_abs * direction
             break
         t_stop = t_end if has_dense else t_out[k]
@@ -600,7 +672,7 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
             tr[n_steps - 1, 2] = ratio
             tr[n_steps - 1, 3] = 1.0 if accepted else 0.0
         if not finite:
-            bad_stage = _first_bad_stage(K, s)
+            bad_stage, cause = _nonfinite_cause(K, A, y, y_new, h, rtol, atol, scratch)
             n_rej += 1
             h_abs = abs(h) * MIN_FACTOR
             after_reject = True
@@ -610,6 +682,7 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
             h_abs = abs(h) * _step_factor(ratio, prev_pow, alpha, after_reject)
             after_reject = True
             bad_stage = -1
+            cause = CAUSE_NONE
             continue
         while k < n_out and direction * (t_out[k] - t_new) <= 0:
             if t_out[k] == t_new:
@@ -624,6 +697,7 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
         prev_pow = max(ratio, ERR_FLOOR) ** beta if beta != 0.0 else 1.0
         after_reject = False
         bad_stage = -1
+        cause = CAUSE_NONE
         t = t_new
         y, y_new = y_new, y  # the new state becomes y; the old buffer is reused
         if k < n_out:
@@ -643,10 +717,11 @@ def _adaptive_body(tag, f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_
     info[5] = n_rej
     info[6] = t
     info[7] = h
+    info[8] = cause
     return ys, info, bad_stage, tr
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol, atol,
                    first_step, max_step, max_steps, alpha, beta, trace):
     """Compiled twin of :func:`nodeform.ode.loops.integrate_adaptive` (any tableau).
@@ -672,8 +747,9 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
     Returns
     -------
     ys : ndarray, shape (n_out, n)
-    info : ndarray, shape (8,) float64
-        status, n_out_done, nfev, n_steps, n_accepted, n_rejected, t_fail, h_fail
+    info : ndarray, shape (9,) float64
+        status, n_out_done, nfev, n_steps, n_accepted, n_rejected, t_fail, h_fail, cause
+        (``CAUSE_*``: why the last rejected step was not finite)
     bad_stage : int
     tr : ndarray, shape (n_trace, 4)
         t, h, error ratio, accepted (1.0/0.0) per attempted step.
@@ -689,7 +765,7 @@ def solve_adaptive(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order
                           trace)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def solve_adaptive_bosh3(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol,
                          atol, first_step, max_step, max_steps, alpha, beta, trace):
     """:func:`solve_adaptive` with Bogacki–Shampine 3(2) compiled in."""
@@ -698,7 +774,7 @@ def solve_adaptive_bosh3(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err
                           trace)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def solve_adaptive_dopri5(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol,
                           atol, first_step, max_step, max_steps, alpha, beta, trace):
     """:func:`solve_adaptive` with Dormand–Prince 5(4) compiled in."""
@@ -707,7 +783,7 @@ def solve_adaptive_dopri5(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, er
                           trace)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def solve_adaptive_tsit5(f, args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol,
                          atol, first_step, max_step, max_steps, alpha, beta, trace):
     """:func:`solve_adaptive` with Tsitouras 5(4) compiled in."""
@@ -828,3 +904,22 @@ ADAPTIVE_LOOPS = {"bosh3": solve_adaptive_bosh3, "dopri5": solve_adaptive_dopri5
 #: fixed grid, or a user tableau: solve_fixed).
 FIXED_LOOPS = {"euler": solve_fixed_euler, "midpoint": solve_fixed_midpoint,
                "rk4": solve_fixed_rk4}
+
+
+# (cached loop) -> the same loop without the disk cache, for a field passed as a dispatcher
+_UNCACHED = {}
+
+
+def uncached(loop):
+    """``loop`` compiled without Numba's disk cache: for an ``f`` passed as a dispatcher.
+
+    A loop specialized on a dispatcher type (``specialize=True``, or a field without a
+    function-pointer handle) must not go to the disk cache: its cache key names the
+    dispatcher by its address, and a later process whose *other* field lands on the same
+    address would load the wrong code. Compiled once per process and field instead.
+    """
+    nc = _UNCACHED.get(loop)
+    if nc is None:
+        nc = njit(error_model="numpy")(loop.py_func)
+        _UNCACHED[loop] = nc
+    return nc
