@@ -76,6 +76,16 @@ class Scalar:
         t = np.tanh(self.value)
         return Scalar(t, (self,), (lambda g: g * (1 - t * t),))
 
+    def exp(self):
+        e = np.exp(self.value)
+        return Scalar(e, (self,), (lambda g: g * e,))
+
+    def __pow__(self, p):
+        """self ** p for a constant number p (exercise ex1_2)."""
+        # BEGIN SOLUTION ex1_2
+        return Scalar(self.value ** p, (self,), (lambda g: g * p * self.value ** (p - 1),))
+        # END SOLUTION ex1_2
+
     def backward(self):
         order, seen = [], set()
 
@@ -161,12 +171,14 @@ def node(value, inputs, vjps):
 
 def unbroadcast(g, shape):
     """Sum the cotangent `g` over the axes broadcasting added or stretched, back to `shape`."""
+    # BEGIN SOLUTION ex1_8
     while g.ndim > len(shape):
         g = tsum(g, axis=0)                          # a leading axis broadcasting added
     for axis, n in enumerate(shape):
         if n == 1 and g.shape[axis] != 1:
             g = tsum(g, axis=axis, keepdims=True)    # a size-1 axis broadcasting stretched
     return g
+    # END SOLUTION ex1_8
 
 
 def add(x, y):
@@ -177,13 +189,17 @@ def add(x, y):
 
 def mul(x, y):
     x, y = lift(x), lift(y)
+    # BEGIN SOLUTION ex1_6
     return node(x.value * y.value, (x, y), (lambda g: unbroadcast(g * y, x.shape),
                                             lambda g: unbroadcast(g * x, y.shape)))
+    # END SOLUTION ex1_6
 
 
 def matmul(x, y):                                    # 2-D @ 2-D
     x, y = lift(x), lift(y)
+    # BEGIN SOLUTION ex1_7
     return node(x.value @ y.value, (x, y), (lambda g: g @ y.T, lambda g: x.T @ g))
+    # END SOLUTION ex1_7
 
 
 def transpose(x):
@@ -218,8 +234,16 @@ def tsum(x, axis=None, keepdims=False):
                 (lambda g: broadcast_to(reshape(g, kept), x.shape),))
 
 
+def tlog(x):
+    """Natural logarithm, forward and VJP (exercise ex1_1; the chapter does not use it)."""
+    # BEGIN SOLUTION ex1_1
+    return node(np.log(x.value), (x,), (lambda g: g * power(x, -1.0),))
+    # END SOLUTION ex1_1
+
+
 def toposort(root):
     """Every node `root` depends on, each after all of its parents (inputs first)."""
+    # BEGIN SOLUTION ex1_9
     order, seen = [], set()
 
     def visit(v):
@@ -230,18 +254,21 @@ def toposort(root):
             order.append(v)
     visit(root)
     return order
+    # END SOLUTION ex1_9
 
 
 def gradients(out, inputs, create_graph=False):
     """d out / d inputs for a one-element `out`, by one reverse sweep over the graph."""
     saved, RECORD[0] = RECORD[0], create_graph
     try:
+        # BEGIN SOLUTION ex1_10
         grads = {id(out): Tiny(np.ones_like(out.value))}
         for v in reversed(toposort(out)):            # outputs first: each g is complete here
             g = grads.get(id(v))
             for parent, vjp in zip(v.parents, v.vjps):
                 gp = vjp(g)
                 grads[id(parent)] = gp if id(parent) not in grads else grads[id(parent)] + gp
+        # END SOLUTION ex1_10
     finally:
         RECORD[0] = saved
     return [grads.get(id(x), Tiny(np.zeros_like(x.value))) for x in inputs]
@@ -461,16 +488,46 @@ check("ch01.second_order_tanh",
 #
 # ## Exercises
 #
-# 1. **ex1_1** Add `sinh` and `log` to `Tiny` (forward and VJP) and check them against
-#    `nf.Tensor` first and second order, as in section 2.
-# 2. **ex1_2** Extend the `Scalar` class with `__pow__` and `exp`, and check it against
-#    `nf.grad` on $\exp(a^3 b)$.
-# 3. **ex1_3** Find the $\epsilon$ minimizing the float32 error in the figure. How
-#    does it compare with $(3u_{32}|s|/|s'''|)^{1/3}$, $u_{32} = 2^{-24}$?
-# 4. **ex1_4** The dot-product test checks one scalar per direction. Show that a VJP
-#    returning $2\times$ the right answer is caught with probability 1, but a VJP that
-#    is wrong only in a direction orthogonal to all tested $u$ is not. How many
-#    directions make a miss unlikely?
-# 5. **ex1_5** Write `logsumexp` naively as `log(sum(exp(x)))` and evaluate it and its
-#    gradient at `x = [1000, 1000]`. What goes wrong, and how does the stable version
-#    in `nodeform/autodiff/vjps.py` avoid it?
+# Code exercises sit between `# BEGIN SOLUTION exN_M` and `# END SOLUTION exN_M` in the
+# built code above (or in the library where named); in a student copy
+# (`python -m nodeform classroom make DIR`) each is a `raise NotImplementedError(...)`
+# with a hint. Check one with `python -m nodeform classroom check ex1_8`, all with
+# `python -m nodeform classroom grade`. Suggested order: ex1_8, ex1_6, ex1_7, ex1_9,
+# ex1_10, then the rest. Open exercises (measure, explain) have no automatic check.
+#
+# | id | level | what | where |
+# |---|---|---|---|
+# | ex1_1 | ★ | `tlog`: the log primitive of `Tiny`, forward and VJP | `tlog`, section 2 |
+# | ex1_2 | ★ | `Scalar.__pow__` for a constant exponent (checked against `nf.gradients` on $\exp(a^3 b)$) | `Scalar`, section 1 |
+# | ex1_3 | ★ | *open:* the float32 optimum of $\epsilon$ (below) | section 5 |
+# | ex1_4 | ★★ | *open:* how many directions the dot-product test needs (below) | section 5 |
+# | ex1_5 | ★ | *open:* why `logsumexp` needs the max trick (below) | `nodeform/autodiff/vjps.py` |
+# | ex1_6 | ★ | `mul` and its two VJPs, with `unbroadcast` | `mul`, section 2 |
+# | ex1_7 | ★ | `matmul` (2-D) and its two VJPs | `matmul`, section 2 |
+# | ex1_8 | ★★ | `unbroadcast`: sum a cotangent back to an input's shape | `unbroadcast`, section 2 |
+# | ex1_9 | ★★ | `toposort`: every node after its parents | `toposort`, section 2 |
+# | ex1_10 | ★★★ | `gradients`: the reverse sweep, accumulation, `create_graph` | `gradients`, section 2 |
+# | ex1_11 | ★ | the library's VJP of `elu` (then `pytest tests/test_autodiff_primitives.py -k elu` passes too) | `_elu_vjp` in `nodeform/autodiff/vjps.py` |
+#
+# **ex1_3.** Read the $\epsilon$ that minimizes the float32 curve of the figure and
+# compare it with $(3u_{32}\lvert s\rvert/\lvert s'''\rvert)^{1/3}$, $u_{32} = 2^{-24}$.
+# Why is the smallest float32 error so much larger than float64's?
+#
+# **ex1_4.** Let a VJP be wrong by a fixed vector: it returns $\nabla s + \delta$,
+# $\delta \ne 0$, $x \in \mathbb R^n$. One direction $u \sim \mathcal N(0, I_n)$ of the
+# dot-product test compares $\langle \nabla s + \delta, u\rangle$ with a central difference
+# $\approx \langle \nabla s, u\rangle$ and passes when
+# $\lvert\langle \delta, u\rangle\rvert \le \tau$ (its tolerance). (a) Show that
+# $\langle\delta, u\rangle \sim \mathcal N(0, \lVert\delta\rVert^2)$, so the wrong VJP
+# passes one direction with probability $p = P(\lvert Z\rvert \le \tau/\lVert\delta\rVert)
+# \approx \sqrt{2/\pi}\,\tau/\lVert\delta\rVert$ when $\tau \ll \lVert\delta\rVert$, and $k$
+# independent directions with probability $p^k$. (b) For $\lVert\delta\rVert = 10\tau$,
+# how many directions make a miss less likely than $10^{-6}$? (c) Check (a) by
+# experiment: an `nf.autodiff.Primitive` on $x\in\mathbb R^{200}$ whose VJP adds a fixed
+# $\delta$, and `nf.gradcheck(..., mode="dot", n_directions=1, seed=k)` for 200 seeds;
+# compare the fraction of misses with $p$ (a direction's tolerance is
+# `atol + rtol * |numeric|`).
+#
+# **ex1_5.** Write `logsumexp` naively as `log(sum(exp(x)))` with `nf` operations and
+# evaluate it and its gradient at `x = [1000, 1000]`. What goes wrong, and how does the
+# library's `logsumexp` in `nodeform/autodiff/vjps.py` avoid it (forward and VJP)?

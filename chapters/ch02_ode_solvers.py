@@ -77,10 +77,12 @@ def vdp_py(t, y, mu=1.0):
 
 def euler(f, t0, y0, t1, n):
     """n Euler steps from (t0, y0) to t1."""
+    # BEGIN SOLUTION ex2_5
     h, y = (t1 - t0) / n, y0
     for k in range(n):
         y = y + h * f(t0 + k * h, y)
     return y
+    # END SOLUTION ex2_5
 
 
 errs = [np.abs(euler(linear, 0.0, y0_lin, T, n) - exact_lin).max() for n in (100, 200, 400)]
@@ -160,6 +162,7 @@ lin4 = nf.ButcherTableau("lin4", order=2, **LIN4)       # the order it really ha
 
 def rk_step(f, t, y, f0, h, tab):
     """One explicit RK step: stages K (s, n), y_new, and the error estimate (or None)."""
+    # BEGIN SOLUTION ex2_6
     K = np.empty((tab.n_stages,) + y.shape)
     K[0] = f0
     for i in range(1, tab.n_stages):
@@ -167,6 +170,7 @@ def rk_step(f, t, y, f0, h, tab):
     y_new = y + h * (tab.b @ K)
     err = None if tab.e is None else h * (tab.e @ K)
     return y_new, K, err
+    # END SOLUTION ex2_6
 
 
 def fixed_solve(f, y0, t1, n, tab):
@@ -253,12 +257,15 @@ PI_ALPHA, PI_BETA = 0.85, 0.2                     # PI exponents, in units of 1/
 
 def error_norm(err, y, y_new, rtol, atol):
     """RMS of the error scaled by atol + rtol * max(|y|, |y_new|); <= 1 accepts."""
+    # BEGIN SOLUTION ex2_7
     scale = atol + rtol * np.maximum(np.abs(y), np.abs(y_new))
     return float(np.sqrt(np.mean((err / scale) ** 2)))
+    # END SOLUTION ex2_7
 
 
 def initial_step(f, t0, y0, f0, q, rtol, atol, span):
     """Hairer's first step: one Euler probe to estimate y''."""
+    # BEGIN SOLUTION ex2_8
     scale = atol + rtol * np.abs(y0)
     rms = lambda x: float(np.sqrt(np.mean(x ** 2)))          # noqa: E731
     d0, d1 = rms(y0 / scale), rms(f0 / scale)
@@ -266,6 +273,7 @@ def initial_step(f, t0, y0, f0, q, rtol, atol, span):
     d2 = rms((f(t0 + h0, y0 + h0 * f0) - f0) / scale) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / (q + 1))
     return min(100 * h0, h1, span)
+    # END SOLUTION ex2_8
 
 
 def i_factor(ratio, ratio_prev, q):
@@ -278,21 +286,26 @@ def pi_factor(ratio, ratio_prev, q):
 
 def next_step(h, ratio, ratio_prev, q, controller, after_reject):
     """The next |h| after a step with error ratio `ratio`, clamped."""
+    # BEGIN SOLUTION ex2_9
     factor = MAX_FACTOR if ratio == 0 else controller(ratio, ratio_prev, q)
     factor = min(MAX_FACTOR, max(MIN_FACTOR, factor))
     if ratio > 1 or after_reject:          # rejected, or just after one: never grow
         factor = min(1.0, factor)
     return h * factor
+    # END SOLUTION ex2_9
 
 
 def dense_output(y, K, h, theta, tab):
     """y(t + theta h) from the stages of the step (tab.P: polynomial weights per stage)."""
+    # BEGIN SOLUTION ex2_10
     w = tab.P @ theta ** np.arange(1, tab.P.shape[1] + 1)     # w_i(theta), (s,)
     return y + h * (w @ K)
+    # END SOLUTION ex2_10
 
 
 def adaptive_solve(f, y0, t_out, tab, rtol, atol, controller):
     """Adaptive solve of an FSAL pair with dense output; returns ys, nfev, rejected, trace."""
+    # BEGIN SOLUTION ex2_11
     t, y, t_end = t_out[0], y0, t_out[-1]
     f0, q = f(t, y), tab.err_order
     h = initial_step(f, t, y, f0, q, rtol, atol, t_end - t)
@@ -317,6 +330,7 @@ def adaptive_solve(f, y0, t_out, tab, rtol, atol, controller):
         ratio_prev, after_reject = max(ratio, 1e-4), False
         t, y, f0 = t_new, y_new, K[-1]                     # FSAL: last stage = f(t_new, y_new)
     return np.array(ys), nfev, rejected, np.array(trace)
+    # END SOLUTION ex2_11
 
 
 # %% [markdown]
@@ -591,16 +605,54 @@ check("ch02.blowup_reported", failed is not None and abs(failed.t - 1.0) < 1e-3
 #
 # ## Exercises
 #
-# - **ex2_1** Write the tableau of Heun's third-order method and of Kutta's 3/8 rule as
-#   `ButcherTableau`s (with `order=`), and confirm the orders by measured slopes on
-#   Van der Pol.
-# - **ex2_2** The controller exponent: show that if the error model $C h^{q+1}$ is
-#   exact, the I controller's exponent $1/(q+1)$ makes the next error ratio
-#   $0.9^{q+1}$ (about 0.59 for dopri5). Run the built `adaptive_solve` with `SAFETY`
-#   0.5 and 0.99 and explain the NFE and the rejection count.
-# - **ex2_3** Replace `dense_output` by linear interpolation between steps. How does the
-#   error at 1,000 output times change at rtol 1e-6? Why must an interpolant be at least
-#   order $q$ for outputs to be as accurate as the steps?
-# - **ex2_4** Solve the stiff problem of section 6 with $\lambda = -10^5$ on $[0, 0.1]$
-#   at rtol 1e-6 and read the trace: how many steps, how many rejected, and what limits
-#   $h$?
+# Code exercises sit between `# BEGIN SOLUTION exN_M` and `# END SOLUTION exN_M` in the
+# built code above (or in the library where named); in a student copy
+# (`python -m nodeform classroom make DIR`) each is a `raise NotImplementedError(...)`
+# with a hint. Check one with `python -m nodeform classroom check ex2_7`, all with
+# `python -m nodeform classroom grade`. Suggested order: ex2_5, ex2_6, ex2_7, ex2_8,
+# ex2_9, ex2_10, ex2_11, then the open ones. None of them needs an edit inside the
+# library: the solver's knobs are keyword arguments of `nf.solve` / `nf.odeint`
+# (`safety=`, `controller=` with a pair of exponents, `norm=`, `interpolant=`), honoured
+# by both engines (the compiled one refuses what it cannot do, with a message).
+#
+# | id | level | what | where |
+# |---|---|---|---|
+# | ex2_1 | ★★ | *open:* Heun's third-order method and Kutta's 3/8 rule as tableaus (below) | a new cell |
+# | ex2_2 | ★★ | *open:* the safety factor (below) | `nf.solve(..., safety=)` |
+# | ex2_3 | ★★ | *open:* linear interpolation instead of dense output (below) | `nf.solve(..., interpolant=)` |
+# | ex2_4 | ★★ | *open:* a very stiff problem, read from the trace (below) | `nf.solve(..., trace=True)` |
+# | ex2_5 | ★ | `euler`: n fixed Euler steps | `euler`, section 1 |
+# | ex2_6 | ★★ | `rk_step`: one explicit RK step from a tableau, with the error estimate | `rk_step`, section 2 |
+# | ex2_7 | ★ | `error_norm`: the scaled RMS error ratio | `error_norm`, section 3 |
+# | ex2_8 | ★★ | `initial_step`: Hairer's first step | `initial_step`, section 3 |
+# | ex2_9 | ★★ | `next_step`: the controller's factor, clamps, no growth after a rejection | `next_step`, section 3 |
+# | ex2_10 | ★★ | `dense_output`: the interpolant of a step | `dense_output`, section 3 |
+# | ex2_11 | ★★★ | `adaptive_solve`: the loop, with exactly `nf.solve`'s evaluation count | `adaptive_solve`, section 3 |
+# | ex2_12 | ★ | the library's max norm, behind `nf.solve(..., norm="max")` | `max_norm` in `nodeform/ode/controller.py` |
+#
+# **ex2_1.** Write Heun's third-order method ($c = (0, 1/3, 2/3)$, $b = (1/4, 0, 3/4)$)
+# and Kutta's 3/8 rule ($c = (0, 1/3, 2/3, 1)$, $b = (1, 3, 3, 1)/8$) as
+# `nf.ButcherTableau(name, c=, A=, b=, order=)`, and confirm the orders by measured
+# slopes on Van der Pol with `fixed_solve` (step counts 16 to 128 on $[0, 1]$).
+#
+# **ex2_2.** (a) Show that if the error model $\text{err} = C h^{q+1}$ is exact, the I
+# controller's step $h\,\text{safety}\,r^{-1/(q+1)}$ makes the next ratio
+# $\text{safety}^{q+1}$ (about 0.59 for dopri5 at 0.9). (b) Measure: Van der Pol on
+# $[0, 20]$ at rtol $10^{-6}$, atol $10^{-9}$ with `nf.solve(..., safety=s,
+# controller="i", trace=True)` for $s \in \{0.5, 0.7, 0.9, 0.99\}$; tabulate `nfev`,
+# `n_rejected` and the median accepted error ratio, and explain both ends. The
+# compiled engine has the default built in: with `vdp` (the `@njit` field of section 7),
+# `safety=` falls back on the reference engine, and `engine="numba"` refuses it.
+#
+# **ex2_3.** Solve Van der Pol on $[0, 20]$ at rtol $10^{-6}$, atol $10^{-9}$ with 1,000
+# output times, once with the default dense output and once with
+# `interpolant="linear"`, and measure the error at the outputs against the DOP853
+# reference of section 3. Is `nfev` the same? Why must an interpolant have order at
+# least $q$ for the outputs to be as accurate as the steps?
+#
+# **ex2_4.** Solve the stiff problem of section 6 with $\lambda = -10^5$ on $[0, 0.1]$
+# at rtol = atol = $10^{-6}$ (`nf.solve(stiff5, np.array([1.0]), [0.0, 0.1], rtol=1e-6,
+# atol=1e-6, trace=True)`; the default `max_steps` suffices; on $[0, 10]$ it would need
+# about 300,000 steps and stops with `MaxStepsError`, which says so). From the trace:
+# how many steps, how many rejected, the median $h\lvert\lambda\rvert$, and what limits
+# $h$? Repeat with `controller="i"` and compare the rejections.

@@ -97,28 +97,35 @@ def f_array(t, z, W):
 
 def augmented_dynamics(t, s, W, shape, ft=f_tensor):
     """d/dt [z, a, a_W, a_t] = [f, -a^T df/dz, -a^T df/dW, -a^T df/dt] (flat)."""
+    # BEGIN SOLUTION ex3_9
     n = int(np.prod(shape))
     z, a = s[:n].reshape(shape), s[n:2 * n].reshape(shape)
     fz, vjp_fn = nf.vjp(ft, np.asarray(t, dtype=float), z, W)
     a_dfdt, a_dfdz, a_dfdW = vjp_fn(a)
     return np.concatenate([fz.ravel(), -a_dfdz.ravel(), -a_dfdW.ravel(), [-float(a_dfdt)]])
+    # END SOLUTION ex3_9
 
 
 def start_values(t_N, z_N, g_N, W, fa=f_array):
     """a, a_W, a_t and dL/dt_N at the last observation."""
+    # BEGIN SOLUTION ex3_7
     dL_dtN = float((g_N * fa(t_N, z_N, W)).sum())
     return g_N.copy(), np.zeros(W.size), -dL_dtN, dL_dtN
+    # END SOLUTION ex3_7
 
 
 def observation_jump(a, a_t, g_i, t_i, z_i, W, with_time, fa=f_array):
     """At an observation: a += g_i; dL/dt_i = g_i . f(z_i, t_i); a_t -= dL/dt_i."""
+    # BEGIN SOLUTION ex3_8
     dL_dti = float((g_i * fa(t_i, z_i, W)).sum()) if with_time else 0.0
     return a + g_i, a_t - dL_dti, dL_dti
+    # END SOLUTION ex3_8
 
 
 def backward_sweep(t_obs, zs, g, W, rtol, atol, restart=True, n_dense=0, ft=f_tensor,
                    fa=f_array):
     """dL/dz0, dL/dW, dL/dt from the stored states zs (N+1, *shape) and cotangents g."""
+    # BEGIN SOLUTION ex3_10
     N, shape, n = len(t_obs) - 1, zs.shape[1:], zs[0].size
     a, a_W, a_t, dL_dt_N = start_values(t_obs[N], zs[N], g[N], W, fa)
     dL_dt, z, nfev, path = np.zeros(N + 1), zs[N], 0, []
@@ -136,6 +143,7 @@ def backward_sweep(t_obs, zs, g, W, rtol, atol, restart=True, n_dense=0, ft=f_te
                                                 i - 1 >= 1, fa)
     dL_dt[0] = a_t
     return a, a_W.reshape(W.shape), dL_dt, nfev, path, z
+    # END SOLUTION ex3_10
 
 
 # %% [markdown]
@@ -283,6 +291,7 @@ check("ch03.backward_nfe", stats.nfe_backward > stats.nfe_forward,
 # %%
 def rk_step_tensor(f, t, y, h, tab):
     """One RK step on Tensors: every stage is recorded on the tape."""
+    # BEGIN SOLUTION ex3_11
     K = [f(t, y)]
     for i in range(1, tab.n_stages):
         acc = None
@@ -295,14 +304,17 @@ def rk_step_tensor(f, t, y, h, tab):
         if tab.b[j] != 0.0:
             acc = K[j] * float(tab.b[j]) if acc is None else acc + K[j] * float(tab.b[j])
     return y + acc * h
+    # END SOLUTION ex3_11
 
 
 def backprop_solve(f, y0, t_grid, tab):
+    # BEGIN SOLUTION ex3_12
     ys, y = [y0], y0
     for t, t_next in zip(t_grid[:-1], t_grid[1:]):
         y = rk_step_tensor(f, float(t), y, float(t_next - t), tab)
         ys.append(y)
     return ys
+    # END SOLUTION ex3_12
 
 
 grid = np.linspace(0.0, 1.7, 35)
@@ -664,18 +676,54 @@ else:
 #
 # ## Exercises
 #
-# 1. **ex3_1** Write Algorithm 1 alone (one interval, no time gradients) from
-#    `augmented_dynamics`, and check it against `backward_sweep` with two times.
-# 2. **ex3_2** With `backward_sweep(..., restart=False)`, measure how the gradient
-#    error grows with the number of observations on the spiral (a contracting system:
-#    running it backwards expands).
-# 3. **ex3_3** Use the Euler method for both solves. Why does the continuous adjoint now
-#    disagree with backprop by O(h), and which one is the right gradient of the loss the
-#    optimizer actually sees?
-# 4. **ex3_4** Replace the adjoint's error norm over $[z, a, a_\theta]$ by one over
-#    $[z, a]$ only (a "seminorm", Kidger et al. 2021). Count the backward evaluations.
-# 5. **ex3_5** Train the spiral with `adjoint="backprop"` and compare time per iteration
-#    and peak memory with the adjoint.
-# 6. **ex3_6** Train the spiral with windows of 40 points instead of 10 (same number of
-#    iterations) and compare the printed phase error at $t = 25$ and the time per
-#    iteration.
+# Code exercises sit between `# BEGIN SOLUTION exN_M` and `# END SOLUTION exN_M` in the
+# built code above; in a student copy (`python -m nodeform classroom make DIR`) each is a
+# `raise NotImplementedError(...)` with a hint. Check one with
+# `python -m nodeform classroom check ex3_10`, all with `python -m nodeform classroom grade`.
+# Suggested order: ex3_7, ex3_8, ex3_9, ex3_10, ex3_12, ex3_11, then the open ones. The
+# open ones need no edit inside the library: restarts and the backward error norm are
+# options of `nf.odeint` (`adjoint_restart=False`, `adjoint_options=dict(norm="seminorm")`).
+#
+# | id | level | what | where |
+# |---|---|---|---|
+# | ex3_1 | ★★ | *open:* Algorithm 1 alone (below) | a new cell |
+# | ex3_2 | ★★ | *open:* restarts off: how the gradient error grows (below) | `nf.odeint(..., adjoint_restart=False)` |
+# | ex3_3 | ★★★ | *open:* Euler in both solves: adjoint against backprop (below) | `nf.odeint(..., method="euler")` |
+# | ex3_4 | ★★ | *open:* the seminorm (below) | `adjoint_options=dict(norm="seminorm")` |
+# | ex3_5 | ★★ | *open:* the spiral trained with backprop: time and memory (below) | section 8 |
+# | ex3_6 | ★★★ | *open:* the spiral with longer windows (below) | section 8 |
+# | ex3_7 | ★ | `start_values`: the adjoint state at the last observation | `start_values`, section 2 |
+# | ex3_8 | ★ | `observation_jump`: the jump at an observation | `observation_jump`, section 2 |
+# | ex3_9 | ★★ | `augmented_dynamics`: $d/dt\,[z, a, a_W, a_t]$ from one VJP | `augmented_dynamics`, section 2 |
+# | ex3_10 | ★★★ | `backward_sweep`: Algorithm 2 with jumps and restarts | `backward_sweep`, section 2 |
+# | ex3_11 | ★★ | `rk_step_tensor`: an RK step recorded on the tape | `rk_step_tensor`, section 5 |
+# | ex3_12 | ★ | `backprop_solve`: a fixed-grid solve on Tensors | `backprop_solve`, section 5 |
+#
+# **ex3_1.** Write Algorithm 1 alone (one interval, no time gradients) from
+# `augmented_dynamics`: one backward solve from $t_1$ to $t_0$, and check it against
+# `backward_sweep` with two observation times.
+#
+# **ex3_2.** Take $\dot z = Mz$ with $M = \begin{bmatrix}-1 & 2\\ -2 & -1\end{bmatrix}$ (it
+# contracts forwards, so backwards it expands), $z_0 = (2, 0)$, $t\in[0, 10]$,
+# $L = \sum_{i\ge1} \lvert z(t_i)\rvert^2$, and the gradient with respect to $M$. Compute it
+# with `nf.odeint(..., params=[M], adjoint_restart=False)` and with the default restarts,
+# at rtol $10^{-6}$, atol $10^{-8}$, for 2, 6, 11, 21 and 41 equally spaced observations,
+# against a reference with restarts at rtol $10^{-10}$. Tabulate the relative errors and
+# explain the difference (and why it vanishes with 2 observations).
+#
+# **ex3_3.** Use `method="euler", step_size=0.05` for the forward and the backward solve
+# (`adjoint_method="euler", adjoint_options=dict(step_size=0.05)`), on the field of
+# section 2. Why do the continuous adjoint and backprop now disagree by $O(h)$, and which
+# one is the exact gradient of the loss the optimizer actually sees?
+#
+# **ex3_4.** The backward error norm runs over $[z, a, a_\theta, a_t]$; the seminorm
+# (Kidger, Chen, Lyons 2021) leaves out $a_\theta$ and $a_t$, which feed nothing back.
+# For the MLP field of section 6 at rtol $10^{-6}$, compare `stats.nfe_backward` and the
+# gradient error (against rtol $10^{-12}$) with `adjoint_options=dict(norm="seminorm")`
+# and without.
+#
+# **ex3_5.** Train the spiral with `adjoint="backprop"` and compare the time per iteration
+# and the peak memory (`tracemalloc`, as in section 7) with the adjoint.
+#
+# **ex3_6.** Train the spiral with windows of 40 points instead of 10 (same number of
+# iterations) and compare the printed phase error at $t = 25$ and the time per iteration.

@@ -23,7 +23,9 @@ How it works
   pytest marker of its id (``pytest -m ex2_3``); they test behaviour, never source
   text. ``classroom check ex2_3`` runs one; ``classroom grade [DIR]`` runs them all
   and prints a table (exercise, title, difficulty, passed/failed, a hint from the
-  first failure), writes it as JSON and exits non-zero when an exercise fails.
+  first failure), writes it as JSON and exits non-zero when an exercise fails;
+  ``--also tests/test_x.py,...`` runs library tests in the same process (the ones a
+  student copy must still pass) and reports them as ``others``.
 * **Marker lint.** ``classroom lint`` (and a test in CI) rejects unbalanced,
   nested, duplicate, malformed or unregistered markers, and registered code
   exercises that have no block.
@@ -351,6 +353,10 @@ def _check_no_leak(dest, removed):
 
 # ----------------------------------------------------------------------------- checks and grading
 
+#: Where the grader files the outcomes of tests that carry no exercise marker (``also=``).
+OTHERS = "_others"
+
+
 class _Collector:
     """A pytest plugin that records each exercise test's outcome and first failure line."""
 
@@ -361,7 +367,7 @@ class _Collector:
     def pytest_runtest_logreport(self, report):
         if report.when != "call" and not (report.failed or report.skipped):
             return
-        ex_ids = [k for k in report.keywords if k in self.ids]
+        ex_ids = [k for k in report.keywords if k in self.ids] or [OTHERS]
         for ex_id in ex_ids:
             rec = self.results.setdefault(ex_id, {"passed": 0, "failed": 0, "skipped": 0,
                                                   "first_failure": None})
@@ -402,13 +408,27 @@ def check(ex_id, root=ROOT, extra=()):
                                     *extra])
 
 
-def grade(root=ROOT, json_path=None, out=sys.stdout):
+def grade(root=ROOT, json_path=None, out=sys.stdout, also=()):
     """Run every exercise's tests in the tree at ``root``, print a table, write JSON.
+
+    Parameters
+    ----------
+    root : path
+        The tree to grade (an instructor tree or a student copy).
+    json_path : path, optional
+        Where to write ``{"root", "rows", "others"}``.
+    out : file or None
+        Where to print the table (None: print nothing, pytest's output included).
+    also : sequence of str
+        More test paths (relative to ``root``) run in the same pytest process, e.g. the
+        library tests a chapter's student copy must still pass; their outcome is
+        returned as ``others`` in the JSON and makes the exit status non-zero on failure.
 
     Returns
     -------
     (int, list of dict)
-        Exit status (0 when every code exercise passed) and the rows.
+        Exit status (0 when every code exercise and every ``also`` test passed) and
+        the rows.
     """
     root = Path(root)
     registry = load_registry(root)
@@ -418,8 +438,8 @@ def grade(root=ROOT, json_path=None, out=sys.stdout):
         "import json, sys, pytest\n"
         "from nodeform.classroom import _Collector\n"
         f"c = _Collector({code!r})\n"
-        "rc = pytest.main(['tests/exercises', '-q', '-p', 'no:cacheprovider', '-m', 'not slow'], "
-        "plugins=[c])\n"
+        f"rc = pytest.main(['tests/exercises', *{list(also)!r}, '-q', '-p', 'no:cacheprovider', "
+        "'-m', 'not slow'], plugins=[c])\n"
         f"open({str(result_file)!r}, 'w').write(json.dumps(c.results))\n"
         "sys.exit(0)\n")
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -443,12 +463,20 @@ def grade(root=ROOT, json_path=None, out=sys.stdout):
                      "status": status, "hint": hint,
                      "tests_passed": (r or {}).get("passed", 0),
                      "tests_failed": (r or {}).get("failed", 0)})
+    others = results.get(OTHERS, {"passed": 0, "failed": 0, "skipped": 0, "first_failure": None})
     if out is not None:
         _print_table(rows, out)
+        if also:
+            print(f"other tests ({', '.join(also)}): {others['passed']} passed, "
+                  f"{others['failed']} failed"
+                  + (f"; first failure: {others['first_failure']}" if others["failed"] else ""),
+                  file=out)
     if json_path is not None:
-        Path(json_path).write_text(json.dumps({"root": str(root), "rows": rows}, indent=2) + "\n")
+        Path(json_path).write_text(json.dumps({"root": str(root), "rows": rows,
+                                               "others": others if also else None},
+                                              indent=2) + "\n")
     failed = [r for r in rows if r["status"] == "failed"]
-    return (1 if failed else 0), rows
+    return (1 if failed or others["failed"] else 0), rows
 
 
 def _print_table(rows, out):
@@ -469,7 +497,10 @@ def load_definitions(path, names=None):
 
     Chapters are scripts that run experiments top to bottom; the exercise tests need
     just the functions the student wrote. This runs the ``import``/``def``/``class``
-    statements and assignments to upper-case names, in order, and skips the rest.
+    statements and assignments to upper-case names (``A = ...``, ``A, B = ...``), in
+    order, and skips the rest. An upper-case assignment that reads a name the skipped code would have made
+    (e.g. ``X = rng.standard_normal(...)``, with ``rng`` an experiment's) is data of
+    an experiment, not a definition: it is left out too (a ``NameError`` there).
 
     Returns
     -------
@@ -478,17 +509,23 @@ def load_definitions(path, names=None):
     import types
     path = Path(path)
     tree = ast.parse(path.read_text(), filename=str(path))
-    keep = []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
-            keep.append(node)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if all(isinstance(t, ast.Name) and t.id.isupper() for t in targets):
-                keep.append(node)
-    module = ast.Module(body=keep, type_ignores=[])
     ns = {"__name__": f"chapter_{path.stem}", "__file__": str(path)}
-    exec(compile(module, str(path), "exec"), ns)
+    for node in tree.body:
+        keep = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
+        data = False
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            assigned = [n for t in targets
+                        for n in (t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t])]
+            data = keep = all(isinstance(n, ast.Name) and n.id.isupper() for n in assigned)
+        if not keep:
+            continue
+        code = compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec")
+        try:
+            exec(code, ns)
+        except NameError:
+            if not data:
+                raise
     if names is not None:
         missing = [n for n in names if n not in ns]
         if missing:
@@ -513,6 +550,8 @@ def main(argv):
     g = sub.add_parser("grade", help="run all exercise tests, print a table, write JSON")
     g.add_argument("dir", nargs="?", default=".")
     g.add_argument("--json", help="where to write the table as JSON (default DIR/grades.json)")
+    g.add_argument("--also", help="comma-separated test paths run with the exercises, e.g. "
+                                  "tests/test_ode_tableaus.py (the library tests a copy must pass)")
     sub.add_parser("lint", help="check the solution markers of this tree")
     sub.add_parser("list", help="list the registered exercises")
     a = p.parse_args(argv)
@@ -529,7 +568,7 @@ def main(argv):
         if a.action == "grade":
             root = _tree(a.dir)
             json_path = a.json or root / "grades.json"
-            rc, _ = grade(root, json_path)
+            rc, _ = grade(root, json_path, also=a.also.split(",") if a.also else ())
             print(f"wrote {json_path}")
             return rc
         if a.action == "lint":

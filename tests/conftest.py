@@ -18,3 +18,12 @@ def _backends():
 
 
 BACKENDS = _backends()
+
+
+def pytest_configure(config):
+    """One marker per registered exercise (`pytest -m ex2_3`; chapters/exercises.toml)."""
+    from pathlib import Path
+
+    from nodeform.classroom import load_registry
+    for ex in load_registry(Path(__file__).resolve().parent.parent).values():
+        config.addinivalue_line("markers", f"{ex.id}: {ex.title}")

@@ -174,7 +174,7 @@ def _xp(a):
 
 
 # ============================================================ the backward sweep
-def adjoint_sweep(t_vals, ys, cotangents, f_eval, solve_back, layout, xp, dtype):
+def adjoint_sweep(t_vals, ys, cotangents, f_eval, solve_back, layout, xp, dtype, restart=True):
     """Algorithm 2 with observation jumps and restarts.
 
     Parameters
@@ -189,6 +189,9 @@ def adjoint_sweep(t_vals, ys, cotangents, f_eval, solve_back, layout, xp, dtype)
     solve_back : callable ``solve_back(s, t_from, t_to) -> s``
         Integrates the augmented dynamics over one interval.
     layout : AugmentedLayout
+    restart : bool
+        Restart ``z`` from the stored ``z(t_i)`` at each observation (default). False
+        carries the backward-reconstructed ``z`` on (for experiments: it drifts).
 
     Returns
     -------
@@ -208,13 +211,14 @@ def adjoint_sweep(t_vals, ys, cotangents, f_eval, solve_back, layout, xp, dtype)
         g_t[N] = dl_dtN
         a_t = -dl_dtN
     # ---- backwards, one observation interval at a time
+    z = ys[N]
     for i in range(N, 0, -1):
-        s = layout.pack(xp, ys[i], a, a_theta, a_t, dtype)
+        s = layout.pack(xp, ys[i] if restart else z, a, a_theta, a_t, dtype)
         s = solve_back(s, t_vals[i], t_vals[i - 1])
-        _, a_new, a_theta_new, a_t = layout.unpack(s)
-        a, a_theta = a_new.copy(), a_theta_new.copy()
+        z_new, a_new, a_theta_new, a_t = layout.unpack(s)
+        z, a, a_theta = z_new.copy(), a_new.copy(), a_theta_new.copy()
         a_t = float(a_t)
-        # restart z from the stored forward state (done in pack); jump a and a_t
+        # restart z from the stored forward state (done in pack, if restart); jump a and a_t
         a = a + g[i - 1]
         if layout.with_t and i - 1 >= 1:
             dl_dti = float((g[i - 1] * f_eval(t_vals[i - 1], ys[i - 1])).sum())

@@ -198,9 +198,22 @@ sigmoid  = defprim("sigmoid",  _sigmoid,                     lambda g, ans, x: g
 relu     = defprim("relu",     lambda x: _xp(x).maximum(x, 0), lambda g, ans, x: g * _mask(_r(x) > 0, g))
 softplus = defprim("softplus", _softplus,                    lambda g, ans, x: g * sigmoid(x))
 elu      = defprim("elu",      lambda x, alpha=1.0: _xp(x).where(x > 0, x, alpha * _xp(x).expm1(_xp(x).minimum(x, 0))),
-                   lambda g, ans, x, alpha=1.0: where(_r(x) > 0, g, g * (ans + alpha)))
+                   lambda g, ans, x, alpha=1.0: _elu_vjp(g, ans, x, alpha))
 astype   = defprim("astype",   lambda x, dtype: x.astype(dtype),
                    lambda g, ans, x, dtype: g.astype(_r(x).dtype))
+
+
+def _elu_vjp(g, ans, x, alpha):
+    """VJP of ``elu``: ``g`` where ``x > 0``, else ``g * alpha * exp(x) = g * (ans + alpha)``.
+
+    Exercise ex1_11 of chapter 1 (in a student copy this is a stub: every test that
+    differentiates ``elu`` needs it, e.g. the ``elu`` case of tests/test_autodiff_primitives.py
+    and the ``elu`` fields of tests/test_adjoint_numba.py).
+    """
+    # BEGIN SOLUTION ex1_11
+    return where(_r(x) > 0, g, g * (ans + alpha))
+    # END SOLUTION ex1_11
+
 
 # ===================================================================== reductions
 sum_ = defprim("sum", lambda x, axis=None, keepdims=False: _xp(x).sum(x, axis=axis, keepdims=keepdims),

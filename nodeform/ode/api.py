@@ -44,6 +44,13 @@ _OPTIONS = ("first_step", "max_steps", "step_size", "controller", "max_step", "t
             "engine", "specialize")
 _OPTIONS_SET = frozenset(_OPTIONS)
 _ENGINES = ("auto", "reference", "numba")
+#: Options of the step-size control and of the outputs (see :func:`solve`). The compiled
+#: engine has the defaults built in: other values run the reference engine (engine="auto")
+#: or are refused with the reason (engine="numba").
+_CONTROL_DEFAULTS = {"safety": ctl.SAFETY, "norm": "rms", "interpolant": "dense"}
+_OPTIONS = _OPTIONS + tuple(_CONTROL_DEFAULTS)
+_OPTIONS_SET = frozenset(_OPTIONS)
+_INTERPOLANTS = ("dense", "linear")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -194,6 +201,31 @@ def select_engine(f, y0, engine="auto"):
         raise _bad("`engine`='numba' cannot run: " + "; ".join(reasons) + ". Use "
                    "engine='auto' to fall back on the reference engine.")
     return "reference"
+
+
+def _check_control(options):
+    """The non-default ``safety``, ``norm`` and ``interpolant`` options, checked."""
+    control = {}
+    if "safety" in options and options["safety"] != ctl.SAFETY:
+        try:
+            control["safety"] = ctl.check_safety(options["safety"])
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+    norm = options.get("norm", "rms")
+    if not (isinstance(norm, str) and norm == "rms"):
+        try:
+            ctl.resolve_norm(norm)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        control["norm"] = norm
+    interpolant = options.get("interpolant", "dense")
+    if interpolant not in _INTERPOLANTS:
+        raise _bad(f"`interpolant` = {interpolant!r} is not one of {_INTERPOLANTS}; 'dense' is "
+                   "the method's own dense output, 'linear' joins the step ends by straight "
+                   "lines (less accurate: for experiments).")
+    if interpolant != "dense":
+        control["interpolant"] = interpolant
+    return control
 
 
 # ----------------------------------------------------------------------------- engines
@@ -362,6 +394,14 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         compile ``f`` into the loop instead of calling it through a pointer; the fastest
         path, at the cost of one loop compile per field and process, 2-10 s, which the
         disk cache does not keep).
+        Step-size control and outputs (for teaching and experiments; no library edit needed):
+        ``controller`` may also be a pair ``(alpha, beta)`` of exponents in units of
+        ``1/(q+1)`` (``(1, 0)`` is "i", ``(0.85, 0.2)`` is "pi"); ``safety`` (default 0.9,
+        in (0, 1]); ``norm`` of the scaled error (``"rms"`` default, ``"max"``, or a
+        callable ``norm(scaled_err) -> float``); ``interpolant`` (``"dense"`` default, or
+        ``"linear"`` between step ends). The Numba engine honours exponent pairs; other
+        values of ``safety``, ``norm`` and ``interpolant`` run the reference engine (or are
+        refused with ``engine="numba"``).
 
     Returns
     -------
@@ -409,14 +449,29 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
     if not (type(max_step) is float and max_step > 0.0):
         _check_positive("max_step", max_step)
     if controller not in ctl.CONTROLLERS:
-        raise _bad(f"`controller` = {controller!r} is not one of {ctl.CONTROLLERS}; 'pi' "
-                   "(default) remembers the last error, 'i' is SciPy's classic controller.")
+        try:
+            ctl.controller_exponents(controller, 1)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        controller = tuple(float(v) for v in controller)
+    control = _check_control(options)
+    if control and (step_size is not None or not getattr(tab, "adaptive", False)
+                    or not hasattr(tab, "P")):
+        raise _bad(f"{sorted(control)} apply to the adaptive Runge-Kutta pairs (dopri5, tsit5, "
+                   "bosh3 or your own pair) without `step_size`; here they would do nothing. "
+                   "Leave them out, or use an adaptive pair.")
     if not isinstance(args, tuple):
         raise _bad(f"`args` must be a tuple of extra arguments for f; got "
                    f"{type(args).__name__}. Wrap a single one as (value,).")
     t_arr = _check_times(t)
     y0 = _check_y0(y0)
     engine = select_engine(f, y0, options.get("engine", "auto"))
+    if control and engine == "numba":
+        if options.get("engine") == "numba":
+            raise _bad(f"`engine`='numba' cannot honour {sorted(control)}: the compiled loop has "
+                       "the default safety factor, RMS norm and dense output built in. Use "
+                       "engine='auto' (it runs the reference engine for these options).")
+        engine = "reference"
     xp = get_xp(y0)
     try:
         if tab is ADAMS:
@@ -433,7 +488,7 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
             ys, stats, tr = integrate(fa, t_arr.tolist(), y0, tab, rtol=rtol, atol=atol,
                                       step_size=step_size, first_step=first_step,
                                       max_steps=max_steps, max_step=max_step,
-                                      controller=controller, trace=trace)
+                                      controller=controller, trace=trace, **control)
             ys = _stack(ys, xp)
             if tr is not None:
                 tr = {"t": np.asarray(tr["t"]), "h": np.asarray(tr["h"]),

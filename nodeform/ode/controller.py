@@ -24,9 +24,9 @@ import math
 
 from nodeform.backend import get_xp, raw
 
-__all__ = ["SAFETY", "MIN_FACTOR", "MAX_FACTOR", "PI_ALPHA", "PI_BETA", "CONTROLLERS",
-           "controller_exponents", "step_factor", "rms_norm", "error_ratio",
-           "select_initial_step"]
+__all__ = ["SAFETY", "MIN_FACTOR", "MAX_FACTOR", "PI_ALPHA", "PI_BETA", "CONTROLLERS", "NORMS",
+           "controller_exponents", "step_factor", "rms_norm", "max_norm", "resolve_norm",
+           "check_safety", "error_ratio", "select_initial_step"]
 
 #: Aim for 90% of the step the error model predicts, since that model is only asymptotic;
 #: a step that just misses the tolerance costs a whole rejected step (SciPy, Hairer use 0.9).
@@ -45,29 +45,51 @@ PI_BETA = 0.2
 PI_ALPHA = 1.0 - 0.75 * PI_BETA
 #: Smallest ratio the PI memory keeps: ratio 0 (e.g. y' = 0) must not divide by zero.
 ERR_FLOOR = 1e-4
-#: Names accepted by ``controller=``.
+#: Names accepted by ``controller=`` (a pair of exponents is accepted too).
 CONTROLLERS = ("i", "pi")
+#: Names accepted by ``norm=`` (a callable is accepted too).
+NORMS = ("rms", "max")
 
 
 def controller_exponents(controller, err_order):
-    """``(alpha, beta)`` of ``factor = SAFETY * ratio^-alpha * ratio_prev^beta``.
+    """``(alpha, beta)`` of ``factor = safety * ratio^-alpha * ratio_prev^beta``.
 
     Parameters
     ----------
-    controller : {"i", "pi"}
+    controller : {"i", "pi"} or (float, float)
+        A pair ``(a, b)`` gives the exponents in units of ``1/(q+1)``: ``alpha = a/(q+1)``,
+        ``beta = b/(q+1)``; ``(1, 0)`` is the I controller, ``(0.85, 0.2)`` the PI one.
     err_order : int
         Order ``q`` of the embedded solution; ``k = q + 1``.
     """
     k = err_order + 1
-    if controller == "i":
-        return 1.0 / k, 0.0
-    if controller == "pi":
-        return PI_ALPHA / k, PI_BETA / k
-    raise ValueError(f"`controller` = {controller!r} is not one of {CONTROLLERS}; 'i' is the "
-                     "classic controller (SciPy's), 'pi' adds memory of the last step.")
+    if isinstance(controller, str):
+        if controller == "i":
+            return 1.0 / k, 0.0
+        if controller == "pi":
+            return PI_ALPHA / k, PI_BETA / k
+    elif isinstance(controller, (tuple, list)) and len(controller) == 2:
+        a, b = controller
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in (a, b)) and a > 0 and b >= 0:
+            return float(a) / k, float(b) / k
+    raise ValueError(f"`controller` = {controller!r} is not one of {CONTROLLERS} nor a pair "
+                     "(alpha, beta) of exponents in units of 1/(q+1) with alpha > 0, beta >= 0; "
+                     "'i' is the classic controller (SciPy's, (1, 0)), 'pi' adds memory of the "
+                     "last step ((0.85, 0.2)).")
 
 
-def step_factor(ratio, ratio_prev, alpha, beta, after_reject):
+def check_safety(safety):
+    """``safety`` as a float in (0, 1]; a clear error otherwise."""
+    if (isinstance(safety, bool) or not isinstance(safety, (int, float))
+            or not 0.0 < safety <= 1.0):
+        raise ValueError(f"`safety` = {safety!r} must be a number in (0, 1]: the fraction of the "
+                         f"step the error model predicts that the controller aims for "
+                         f"(default {SAFETY}).")
+    return float(safety)
+
+
+def step_factor(ratio, ratio_prev, alpha, beta, after_reject, safety=SAFETY):
     """How much to multiply ``h`` by after a step with error ``ratio``.
 
     Parameters
@@ -80,11 +102,13 @@ def step_factor(ratio, ratio_prev, alpha, beta, after_reject):
         From :func:`controller_exponents`.
     after_reject : bool
         True right after a rejection: then ``h`` may not grow (SciPy, Hairer).
+    safety : float
+        The fraction of the predicted step to aim for (``SAFETY`` by default).
     """
     if ratio == 0.0:
         factor = MAX_FACTOR
     else:
-        factor = SAFETY * ratio ** (-alpha) * ratio_prev ** beta
+        factor = safety * ratio ** (-alpha) * ratio_prev ** beta
     if ratio > 1.0:  # rejected: shrink, never by more than MIN_FACTOR
         return min(1.0, max(MIN_FACTOR, factor))
     factor = min(MAX_FACTOR, max(MIN_FACTOR, factor))
@@ -97,14 +121,44 @@ def rms_norm(x):
     return float(xp.sqrt(xp.mean(x * x))) if x.size else 0.0
 
 
-def error_ratio(err, y, y_new, rtol, atol):
-    """Scaled RMS error ``||err / (atol + rtol * max(|y|, |y_new|))||_rms``.
+def max_norm(x):
+    """Largest absolute entry of a plain array, as a Python float (``norm="max"``).
+
+    NaN stays NaN (a non-finite stage must reject the step); an empty array gives 0.0.
+    Exercise ex2_12 of chapter 2 (a stub in a student copy; only ``norm="max"`` uses it).
+    """
+    # BEGIN SOLUTION ex2_12
+    xp = get_xp(x)
+    return float(xp.max(xp.abs(x))) if x.size else 0.0
+    # END SOLUTION ex2_12
+
+
+def resolve_norm(norm):
+    """The function behind ``norm=``: ``"rms"`` (default), ``"max"``, or a callable.
+
+    A callable receives the scaled error ``err / (atol + rtol max(|y|, |y_new|))`` as a
+    plain array of the state's shape and returns a float; ``<= 1`` accepts the step.
+    """
+    if norm is None or norm == "rms" or norm is rms_norm:
+        return rms_norm
+    if norm == "max":
+        return max_norm
+    if callable(norm) and not isinstance(norm, str):
+        return norm
+    raise ValueError(f"`norm` = {norm!r} is not one of {NORMS} nor a callable "
+                     "norm(scaled_error) -> float; 'rms' is the default, 'max' the strictest.")
+
+
+def error_ratio(err, y, y_new, rtol, atol, norm=rms_norm):
+    """Scaled error ``||err / (atol + rtol * max(|y|, |y_new|))||`` (RMS by default).
 
     Parameters
     ----------
     err, y, y_new : ndarray, same shape
         Plain arrays (pass ``raw(...)`` of Tensors).
     rtol, atol : float
+    norm : callable, optional
+        From :func:`resolve_norm`; the RMS norm by default.
 
     Returns
     -------
@@ -113,7 +167,7 @@ def error_ratio(err, y, y_new, rtol, atol):
     """
     xp = get_xp(y)
     scale = atol + rtol * xp.maximum(xp.abs(y), xp.abs(y_new))
-    return rms_norm(err / scale)
+    return float(norm(err / scale))
 
 
 def select_initial_step(f, t0, y0, f0, direction, err_order, rtol, atol, span):

@@ -255,7 +255,8 @@ def integrate_fixed(f, t_out, y0, tab, step_size=None, max_steps=MAX_STEPS):
 # ============================================================================= adaptive
 
 def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps=MAX_STEPS,
-                       max_step=math.inf, controller="pi", trace=False):
+                       max_step=math.inf, controller="pi", trace=False, safety=ctl.SAFETY,
+                       norm=None, interpolant="dense"):
     """Integrate with error control; outputs come from dense output, at no extra cost.
 
     Parameters
@@ -274,9 +275,17 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
         Most attempted steps (accepted + rejected) before :class:`MaxStepsError`.
     max_step : float
         Largest step size allowed.
-    controller : {"pi", "i"}
+    controller : {"pi", "i"} or (float, float)
+        Or the exponents ``(alpha, beta)`` in units of ``1/(q+1)``.
     trace : bool
         Record every attempted step.
+    safety : float
+        Fraction of the predicted step the controller aims for, in (0, 1].
+    norm : {"rms", "max"} or callable, optional
+        The error norm of the scaled error (:func:`controller.resolve_norm`); RMS by default.
+    interpolant : {"dense", "linear"}
+        Outputs inside a step from the method's dense output (default) or by linear
+        interpolation between the step's ends (for teaching: it costs accuracy).
 
     Returns
     -------
@@ -295,6 +304,8 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
     t0, t_end = t_out[0], t_out[-1]
     direction = 1.0 if t_end > t0 else -1.0
     alpha, beta = ctl.controller_exponents(controller, tab.err_order)
+    norm_fn = ctl.resolve_norm(norm)
+    linear = interpolant == "linear"
     t, y = t0, y0
     span = abs(t_end - t0)
     f = checked_field(f, y0, stats)
@@ -338,7 +349,7 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
         y_new, K, err = rk_step(f, t, y, f0, h, tab)
         stats["nfev"] += tab.n_stages - 1
         stats["n_steps"] += 1
-        ratio = ctl.error_ratio(raw(err), raw(y), raw(y_new), rtol, atol)
+        ratio = ctl.error_ratio(raw(err), raw(y), raw(y_new), rtol, atol, norm_fn)
         finite = math.isfinite(ratio)
         accepted = finite and ratio <= 1.0
         if tr is not None:
@@ -355,7 +366,8 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
             continue
         if not accepted:
             stats["n_rejected"] += 1
-            h_abs = abs(h) * ctl.step_factor(ratio, ratio_prev, alpha, beta, after_reject)
+            h_abs = abs(h) * ctl.step_factor(ratio, ratio_prev, alpha, beta, after_reject,
+                                             safety)
             after_reject = True
             bad_cause = None
             continue
@@ -364,9 +376,10 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
             if t_out[k] == t_new:
                 ys.append(y_new)
             else:
-                ys.append(dense_eval(y, K, tab, (t_out[k] - t) / h, h))
+                theta = (t_out[k] - t) / h
+                ys.append(y + (y_new - y) * theta if linear else dense_eval(y, K, tab, theta, h))
             k += 1
-        factor = ctl.step_factor(ratio, ratio_prev, alpha, beta, after_reject)
+        factor = ctl.step_factor(ratio, ratio_prev, alpha, beta, after_reject, safety)
         stats["n_accepted"] += 1
         ratio_prev = max(ratio, ctl.ERR_FLOOR)
         after_reject = False
@@ -383,7 +396,8 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
 
 
 def integrate(f, t_out, y0, tab, rtol=1e-7, atol=1e-9, step_size=None, first_step=None,
-              max_steps=MAX_STEPS, max_step=math.inf, controller="pi", trace=False):
+              max_steps=MAX_STEPS, max_step=math.inf, controller="pi", trace=False,
+              safety=ctl.SAFETY, norm=None, interpolant="dense"):
     """Fixed grid for methods without an error estimate or when ``step_size`` is given,
     adaptive otherwise. Arguments and return value as in :func:`integrate_fixed` and
     :func:`integrate_adaptive` (no argument validation here: see ``nodeform.solve``).
@@ -392,4 +406,4 @@ def integrate(f, t_out, y0, tab, rtol=1e-7, atol=1e-9, step_size=None, first_ste
         return integrate_fixed(f, t_out, y0, tab, step_size=step_size, max_steps=max_steps)
     return integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=first_step,
                               max_steps=max_steps, max_step=max_step, controller=controller,
-                              trace=trace)
+                              trace=trace, safety=safety, norm=norm, interpolant=interpolant)
