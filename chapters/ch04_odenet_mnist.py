@@ -297,8 +297,16 @@ if QUICK:
 # * *Memory:* the pattern is the claim: RK-Net's grows with the solver steps it
 #   records, ODE-Net's does not (section 4 measures it directly). Absolute numbers
 #   depend on the library: torch frees buffers as it goes, NumPy keeps im2col copies.
-# * *Time per epoch:* the anchor was measured on a quiet machine; compare with the
-#   ratio measured in one run by `python bench/bench_models.py` (bench/RESULTS-models.md).
+# * *Time per epoch:* the anchor was measured on a quiet machine; the committed runs were
+#   trained while other jobs shared the 2 cores (up to 16 runnable processes), so their
+#   seconds are several times a quiet run's. Compare instead the ratio measured in one run
+#   by `python bench/bench_models.py` (bench/RESULTS-models.md): on a quiet machine,
+#   nodeform took 1.39x torch's time per epoch for the ODE-Net, 2.90x for the RK-Net
+#   (backprop through dopri5 records every stage as Tensor operations), 1.98x for the
+#   ResNet and 1.53x for the MLP.
+# * *RK-Net's error:* 3.00% against the anchor's 2.1%, outside the 0.5-point target; one
+#   seed each, and the RK-Net's run was interrupted and resumed several times (bit-exact,
+#   so that is not the cause). We have not run more seeds to tell noise from a difference.
 # * *NFE:* the anchor's dopri5 takes 3–4 steps per solve (21–26 evaluations); ours
 #   counts 6 per step plus 2 for the first step's selection, and untrained fields can
 #   take more steps.
