@@ -9,22 +9,11 @@ import pytest
 
 import nodeform as nf
 from nodeform import data, nn, optim, train
+from train_fault_child import setup
 
 
-def _setup(seed=0):
-    """A tiny MLP on random 2-class data with every source of randomness in play."""
-    rng = np.random.default_rng(123)
-    x = rng.standard_normal((64, 1, 4, 4))
-    y = (x.reshape(64, -1).sum(1) > 0).astype(np.int64)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, rng=seed), nn.Tanh(), nn.Linear(8, 2, rng=seed + 1))
-    opt = optim.SGD(model.parameters(), lr=optim.StepLR(0.1, 7, 0.5), momentum=0.9)
-    batches = data.BatchIterator(x, y, batch_size=10, seed=seed, transform=data.crop_transform(pad=1))
-
-    def loss_fn(model, batch, rng):
-        xb, yb = batch
-        noisy = xb + 0.01 * rng.standard_normal(xb.shape)       # the loop's generator is used too
-        return train.classification_loss(model, (noisy, yb))
-    return model, opt, batches, loss_fn
+# the tiny model every training test uses (shared with the kill tests' child process)
+_setup = setup
 
 
 def _theta(model):
