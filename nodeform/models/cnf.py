@@ -46,6 +46,7 @@ import math
 
 import numpy as np
 
+from nodeform.backend import get_xp, is_device_array
 from nodeform.adjoint.odeint import odeint
 from nodeform.autodiff import functions as F
 from nodeform.autodiff.tensor import Tensor, enable_grad, gradients, is_grad_enabled, no_grad
@@ -67,7 +68,18 @@ MARGIN = 1e-4
 
 
 def _t(x):
-    return x if isinstance(x, Tensor) else Tensor(np.asarray(x, dtype=np.float64))
+    """A Tensor of ``x``: device arrays stay where they are; host values become float64."""
+    if isinstance(x, Tensor):
+        return x
+    return Tensor(x) if is_device_array(x) else Tensor(np.asarray(x, dtype=np.float64))
+
+
+def _like(module, x):
+    """``x`` (a time, noise) as a Tensor on the device and in the dtype of ``module``'s parameters."""
+    if isinstance(x, Tensor):
+        return x
+    p = next(iter(module.parameters())).data
+    return Tensor(get_xp(p).asarray(x, dtype=p.dtype))
 
 
 def gaussian_log_prob(z, var=1.0):
@@ -90,7 +102,11 @@ class HyperNet(Module):
         self.fc3 = Linear(hidden, 3 * self.width * self.dim + self.width, rng=rng)
 
     def forward(self, t):
-        tt = _t(t).reshape(1, 1)
+        if isinstance(t, Tensor):
+            tt = t.reshape(1, 1)
+        else:                      # filled on the device: no host-to-device copy per evaluation
+            w = self.fc1.weight.data
+            tt = Tensor(get_xp(w).full((1, 1), float(t), dtype=w.dtype))
         p = self.fc3(F.tanh(self.fc2(F.tanh(self.fc1(tt))))).reshape(-1)
         M, D = self.width, self.dim
         W = p[:M * D].reshape(M, D)
@@ -158,7 +174,7 @@ def exact_trace(field, t, z):
         d = zz.shape[1]
         tr = None
         for k in range(d):
-            seed = np.zeros(f.shape, dtype=f.dtype)
+            seed = get_xp(f.data).zeros(f.shape, dtype=f.dtype)
             seed[:, k] = 1.0
             g = gradients(f, zz, seed=seed, create_graph=record, retain_graph=True)
             term = g[:, k]
@@ -245,7 +261,8 @@ class CNF(Module):
     def log_prob(self, x, **kw):
         """``log q(x)`` (k,): solve ``[x, 0]`` from ``t1`` back to ``t0``."""
         x = _t(x)
-        zs, ls = self.integrate(x, np.zeros(x.shape[0]), [self.t1, self.t0], **kw)
+        zs, ls = self.integrate(x, get_xp(x.data).zeros(x.shape[0], dtype=x.dtype), [self.t1, self.t0],
+                                **kw)
         return self.base_log_prob(zs[-1]) - ls[-1]
 
     def sample(self, n, rng=None, ts=None, **kw):
@@ -256,7 +273,7 @@ class CNF(Module):
         """
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
         d = self.field.dim
-        z0 = Tensor(rng.standard_normal((int(n), d)) * math.sqrt(self.base_var))
+        z0 = _like(self, rng.standard_normal((int(n), d)) * math.sqrt(self.base_var))   # one copy
         ts_ = [self.t0, self.t1] if ts is None else list(ts)
         zs, ls = self.integrate(z0, self.base_log_prob(z0), ts_, **kw)
         return (zs[-1], ls[-1]) if ts is None else (zs, ls)
@@ -307,6 +324,9 @@ class PlanarCNF(CNF):
             raise ValueError(f"`engine='{self.engine}'` runs the continuous adjoint only; use "
                              "adjoint='continuous' or engine='autodiff'.")
         s0 = _t(s0)
+        if is_device_array(s0.data):
+            raise ValueError(f"`engine='{self.engine}'` runs on the CPU only (hand-written NumPy/Numba "
+                             "kernels), but the state is on a GPU; use engine='autodiff' there.")
         if s0.dtype != np.float64:
             raise ValueError(f"`engine='{self.engine}'` runs in float64; the state is {s0.dtype}.")
         theta = self.theta()
