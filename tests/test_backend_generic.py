@@ -18,6 +18,7 @@ import nodeform as nf
 from nodeform import backend
 from nodeform import testing_device as fd
 from nodeform.experiments import table1
+from nodeform.models.cnf import PlanarCNF
 
 from model_workloads import WORKLOADS, assert_close
 
@@ -105,7 +106,7 @@ def test_numba_engine_refuses_device_arrays():
 
 
 def test_numba_models_refuse_device_arrays():
-    m = nf.models.cnf.PlanarCNF(dim=2, width=4, hidden=4, engine="numba", rng=0)
+    m = PlanarCNF(dim=2, width=4, hidden=4, engine="numba", rng=0)
     m.to(backend="fakedevice")
     with pytest.raises(ValueError, match="CPU only"):
         m.log_prob(fd.asarray(np.zeros((3, 2))))
