@@ -71,7 +71,7 @@ CNF_M, CNF_H = 64, 32
 class Side:
     """Where one side runs: array module / torch device, and how to wait for the device."""
 
-    def __init__(self, device):
+    def __init__(self, device, use_torch=True):
         self.device = device
         self.xp, self.backend = np, "numpy"
         self.sync = lambda: None
@@ -84,6 +84,8 @@ class Side:
         self.torch = self.tdev = None
         self.torch_reason = None
         try:
+            if not use_torch:
+                raise ImportError("left out (--no-torch)")
             import torch
             import torchdiffeq  # noqa: F401
             if device == "cuda" and not torch.cuda.is_available():
@@ -526,11 +528,12 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated: odenet,cnf,latent,anatomy")
     ap.add_argument("--out", default=None, help="results file (default bench/RESULTS-gpu.md with "
                     "--device cuda; nothing is written in a CPU dry run unless given)")
+    ap.add_argument("--no-torch", action="store_true", help="nodeform rows only (a quicker dry run)")
     args = ap.parse_args(argv)
     S = dict(SIZES[args.device])
     if args.repeats:
         S["repeats"] = args.repeats
-    side = Side(args.device)
+    side = Side(args.device, use_torch=not args.no_torch)
     print(f"device: {side.name()}; nodeform on {side.backend}; "
           f"{side.torch_reason or 'torch + torchdiffeq on ' + args.device}", flush=True)
     only = set((args.only or "odenet,cnf,latent,anatomy").split(","))
