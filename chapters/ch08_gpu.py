@@ -131,7 +131,7 @@ check("ch08.one_sync_per_step", sol.host_syncs == syncs_of_adaptive_solve(sol.st
 # places. Here one ODE-Net training step (a narrow one, so it is quick):
 
 # %%
-WIDTH, BATCH = (8, 6) if QUICK else (16, 32)
+WIDTH, BATCH = (8, 6) if QUICK else (64, 128)     # full: the ODE-Net of Table 1
 
 
 def odenet_step(to_device):
