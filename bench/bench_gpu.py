@@ -490,7 +490,8 @@ def write_results(path, report):
           f"Device: {report['device']}; CuPy {report['versions'].get('cupy')}, torch "
           f"{report['versions'].get('torch')}, torchdiffeq {report['versions'].get('torchdiffeq')}, NumPy "
           f"{report['versions']['numpy']}. Command: `{report['command']}`.", "",
-          table(report["rows"], report["backend"]), "", "Where the time of one ODE-Net step goes (nodeform on CuPy):", ""]
+          table(report["rows"], report["backend"]), "",
+          "Where the time of one ODE-Net step goes (nodeform on CuPy):", ""]
     md += [f"* {line}" for line in anatomy_lines(report["anatomy"])]
     md += ["", "Target (issue 16): ODE-Net epoch and CNF iteration within 2x of PyTorch + torchdiffeq: "
            + ", ".join(f"{r['workload'].split(' (')[0]} "
@@ -545,7 +546,8 @@ def main(argv=None):
             print(f"  {key}: {rows[-1]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     anatomy = step_anatomy(side, S) if "anatomy" in only else None
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "device": side.name(), "backend": side.backend, "dry_run": args.device == "cpu", "sizes": S, "versions": versions(),
+              "device": side.name(), "backend": side.backend, "dry_run": args.device == "cpu", "sizes": S,
+              "versions": versions(),
               "command": "python bench/bench_gpu.py" + (" " + " ".join(argv) if argv else
                                                         " " + " ".join(sys.argv[1:])).rstrip(),
               "rows": rows, "anatomy": anatomy}

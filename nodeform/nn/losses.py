@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from nodeform.autodiff import functions as F
 from nodeform.autodiff.tensor import Tensor
 from nodeform.backend import get_xp, host_bool, host_float
