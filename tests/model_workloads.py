@@ -19,7 +19,7 @@ import numpy as np
 from nodeform.adjoint.odeint import SolveStats
 from nodeform.backend import get_backend, sync_count, to_numpy
 from nodeform.models.cnf import PlanarCNF
-from nodeform.models.latent_ode import LatentODE
+from nodeform.models.latent_ode import LatentODE, RNNBaseline
 from nodeform.models.odenet import build_model
 from nodeform.nn.losses import cross_entropy
 
@@ -90,9 +90,23 @@ def latent_ode_step(backend, dtype=np.float64, n=6, steps=12):
     return _finish(model, loss, s0, stats, type(loss.data).__name__)
 
 
+def rnn_baseline_step(backend, dtype=np.float64, n=6, steps=12):
+    """Chapter 7's RNN baseline (with time gaps): the next-step NLL of ``n`` sequences."""
+    rng = np.random.default_rng(2)
+    t = np.linspace(0.0, 1.0, steps)
+    x = rng.standard_normal((n, steps, 2)).astype(dtype)
+    mask = rng.random((n, steps)) < 0.6
+    mask[:, 0] = True
+    model = RNNBaseline(rng=0)
+    xp = _on(model, backend, dtype)
+    s0 = sync_count()
+    loss = model.loss(xp.asarray(x), t, mask)
+    return _finish(model, loss, s0, None, type(loss.data).__name__)
+
+
 WORKLOADS = {"odenet": odenet_step, "rknet": lambda b, d=np.float64: odenet_step(b, d, model="rknet"),
              "cnf_closed": cnf_step, "cnf_exact": lambda b, d=np.float64: cnf_step(b, d, "exact"),
-             "latent_ode": latent_ode_step}
+             "latent_ode": latent_ode_step, "rnn_baseline": rnn_baseline_step}
 
 
 def assert_close(got, ref, rtol, atol):

@@ -148,6 +148,15 @@ def _values(x):
     return x if is_device_array(x) else np.asarray(x)
 
 
+def _gather(x, idx):
+    """``x[n, idx[n, k]]`` (N, K, D) from ``x`` (N, T, D); the host index is copied to x's device."""
+    rows = np.arange(len(idx))[:, None]
+    xp = get_xp(x)
+    if xp is not np:
+        rows, idx = xp.asarray(rows), xp.asarray(idx)
+    return x[rows, idx]
+
+
 class LatentODE(Module):
     """Recognition RNN, latent dynamics ``f(z)``, decoder; the negative ELBO (module docstring).
 
@@ -249,14 +258,9 @@ class LatentODE(Module):
         mask : ndarray of bool, shape (N, T)
         """
         idx, valid = compact(mask)                   # the index structure stays on the host
-        rows = np.arange(len(idx))[:, None]
         t_obs = np.asarray(t)[idx]
         gaps = previous_gaps(t_obs, valid, t0)
-        x = _values(x)
-        xp = get_xp(x)
-        if xp is not np:
-            rows, idx = xp.asarray(rows), xp.asarray(idx)
-        return self.encoder(Tensor(x[rows, idx]), gaps, valid)
+        return self.encoder(Tensor(_gather(_values(x), idx)), gaps, valid)
 
     # -------------------------------------------------------------- the loss
     def loss(self, x, t, mask, rng, t0=0.0, grad="numba", kl_weight=1.0, solver=None, stats=None):
@@ -344,15 +348,16 @@ class RNNBaseline(Module):
         """One step: ``x`` (N, D) Tensor, ``gap`` (N,) array -> ``(h, prediction)``."""
         inp = x
         if self.time_input:
-            inp = F.concatenate([x, Tensor((gap / self.dt_scale).astype(x.dtype)[:, None])], axis=1)
+            g = get_xp(x.data).asarray((gap / self.dt_scale).astype(x.dtype)[:, None])    # host gaps: one copy
+            inp = F.concatenate([x, Tensor(g)], axis=1)
         h = self.cell(inp, h)
         return h, x + self.out(h)
 
     def loss(self, x, t, mask):
         """Mean over sequences of the summed next-step Gaussian NLL (shapes as LatentODE.loss)."""
         idx, valid = compact(mask)
-        rows = np.arange(len(idx))[:, None]
-        xs = Tensor(np.asarray(x)[rows, idx])                # (N, K, D)
+        xs = Tensor(_gather(_values(x), idx))                # (N, K, D)
+        xp = get_xp(xs.data)
         ts = np.asarray(t)[idx]
         N, K = idx.shape
         h = self.cell.initial_state(N)
@@ -363,7 +368,7 @@ class RNNBaseline(Module):
             m = valid[:, k + 1]
             nll = gaussian_nll(xs[:, k + 1], pred, logvar_x, reduction="none").sum(axis=1)
             if not m.all():
-                mt = Tensor(m.astype(xs.dtype))
+                mt = Tensor(xp.asarray(m.astype(xs.dtype)))
                 nll = nll * mt
                 h_new = h_new * mt[:, None] + h * (1.0 - mt[:, None])
             h = h_new
@@ -373,11 +378,11 @@ class RNNBaseline(Module):
     def predict(self, x, t, mask, t_pred):
         """Read the observations, then roll out to ``t_pred`` (after the last one): (N, T', D)."""
         idx, valid = compact(mask)
-        rows = np.arange(len(idx))[:, None]
         t = np.asarray(t)
         t_pred = np.asarray(t_pred, dtype=np.float64)
         with no_grad():
-            xs = Tensor(np.asarray(x)[rows, idx])
+            xs = Tensor(_gather(_values(x), idx))
+            xp = get_xp(xs.data)
             ts = t[idx]
             N, K = idx.shape
             h = self.cell.initial_state(N)
@@ -390,14 +395,14 @@ class RNNBaseline(Module):
                 nxt = ts[:, k + 1] if k + 1 < K else ts[:, k]
                 gap = np.where(nxt_valid, nxt - ts[:, k], t_pred[0] - ts[:, k])
                 h_new, p = self.step(xs[:, k], gap, h)
-                v = valid[:, k][:, None]
-                h = Tensor(np.where(v, h_new.data, h.data))
-                pred = p if pred is None else Tensor(np.where(v, p.data, pred.data))
+                v = xp.asarray(valid[:, k][:, None])
+                h = Tensor(xp.where(v, h_new.data, h.data))
+                pred = p if pred is None else Tensor(xp.where(v, p.data, pred.data))
             out = [pred.data]
             for j in range(1, t_pred.size):
                 h, pred = self.step(pred, np.full(N, t_pred[j] - t_pred[j - 1]), h)
                 out.append(pred.data)
-        return np.stack(out, axis=1)
+        return xp.stack(out, axis=1)
 
 
 # ------------------------------------------------------------------ the Poisson process
