@@ -412,23 +412,25 @@ class PlanarNF(Module):
         recovered inputs.
         """
         with no_grad():
-            z = np.array(_t(y).data, dtype=np.float64)
-            logdet = np.zeros(z.shape[0])
+            xp = get_xp(_t(y).data)             # on a GPU the whole bisection stays there, no syncs
+            z = xp.array(_t(y).data, dtype=np.float64)
+            logdet = xp.zeros(z.shape[0])
             n = self.n_layers if upto is None else upto
-            uh_all = self.u_hats().data
+            uh_all = self.u_hats().data.astype(np.float64)
             for k in range(self.n_layers - 1, self.n_layers - 1 - n, -1):
-                w, uh, b = self.w.data[k], uh_all[k], float(self.b.data[k])
-                s = float(w @ uh)
+                w, uh = self.w.data[k].astype(np.float64), uh_all[k]
+                b = self.b.data[k].astype(np.float64)
+                s = w @ uh                          # 0-d: w . u^
                 wy = z @ w
-                lo, hi = wy - abs(s) - 1e-12, wy + abs(s) + 1e-12
+                lo, hi = wy - xp.abs(s) - 1e-12, wy + xp.abs(s) + 1e-12
                 for _ in range(INVERSE_ITERS):
                     mid = 0.5 * (lo + hi)
-                    above = mid + s * np.tanh(mid + b) > wy
-                    hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+                    above = mid + s * xp.tanh(mid + b) > wy
+                    hi, lo = xp.where(above, mid, hi), xp.where(above, lo, mid)
                 a = 0.5 * (lo + hi)
-                h = np.tanh(a + b)
+                h = xp.tanh(a + b)
                 z = z - h[:, None] * uh
-                logdet += np.log1p((1.0 - h * h) * s)
+                logdet += xp.log1p((1.0 - h * h) * s)
         return z, logdet
 
     def base_log_prob(self, z):
@@ -437,7 +439,7 @@ class PlanarNF(Module):
     def sample(self, n, rng=None):
         """``n`` samples and ``log q`` of each: shapes (n, D) and (n,)."""
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-        z0 = Tensor(rng.standard_normal((int(n), self.dim)) * math.sqrt(self.base_var))
+        z0 = _like(self, rng.standard_normal((int(n), self.dim)) * math.sqrt(self.base_var))
         if self.direction == "sample":
             x, logdet = self.layers(z0)
             return x, self.base_log_prob(z0) - logdet
