@@ -168,3 +168,20 @@ def test_training_moves_data_to_the_device_once(tmp_path):
         copies[steps] = fd.TRANSFERS["h2d"]
     assert copies[2] == copies[5], copies
     assert copies[5] <= 4 + 2 * 4 + 2, copies     # 4 data arrays, the parameters, the epoch's order
+
+
+@pytest.mark.parametrize("direction", ["sample", "density"])
+def test_planar_nf_baseline_on_fake_device_equals_numpy(direction):
+    """Chapter 6's planar NF, both ways (the numerical inverse included): same values, no sync."""
+    from nodeform.models.cnf import PlanarNF
+    x = np.random.default_rng(0).standard_normal((5, 2))
+    m = PlanarNF(dim=2, n_layers=4, direction=direction, rng=0)
+    ref_lp, (ref_s, ref_l) = m.log_prob(x).data, m.sample(5, rng=1)
+    m.to(backend="fakedevice")
+    fd.reset_counters()
+    s0 = backend.sync_count()
+    lp, (s, lq) = m.log_prob(fd.asarray(x)), m.sample(5, rng=1)
+    assert type(lp.data).__name__ == "DeviceArray" and type(s.data).__name__ == "DeviceArray"
+    for got, want in ((lp.data, ref_lp), (s.data, ref_s.data), (lq.data, ref_l.data)):
+        np.testing.assert_array_equal(fd._host(got), want)
+    assert backend.sync_count() == s0 and fd.IMPLICIT_SYNCS[0] == 0
