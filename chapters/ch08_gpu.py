@@ -77,6 +77,7 @@ print("float dtype when none is chosen: NumPy", np.dtype(backend.default_dtype(n
 # | the latent ODE's `grad="numba"` (its default) | falls back to `"continuous"` | as it already does for float32 |
 # | batch order, the latent ODE's masks and time grids | host | index bookkeeping; copied to the device once per epoch or batch |
 # | the controller's decision (accept? next h?) | host | one scalar per step comes back: a **host sync** |
+# | Adams PECE (chapter 5) | yes | but its order selection reads up to 4 error norms per step: up to 4 syncs |
 #
 # The Numba refusal, shown on the fake device of section 4 (CuPy gives the same message):
 
