@@ -74,12 +74,19 @@ def _t(x):
     return Tensor(x) if is_device_array(x) else Tensor(np.asarray(x, dtype=np.float64))
 
 
-def _like(module, x):
-    """``x`` (a time, noise) as a Tensor on the device and in the dtype of ``module``'s parameters."""
+def _like(ref, x):
+    """``x`` (noise) as a Tensor on the device and in the dtype of ``ref``.
+
+    ``ref`` is a Tensor, or a Module whose first parameter is used (float64 on the host
+    when it has none, e.g. while a test has swapped its parameters for plain Tensors).
+    """
     if isinstance(x, Tensor):
         return x
-    p = next(iter(module.parameters())).data
-    return Tensor(get_xp(p).asarray(x, dtype=p.dtype))
+    if not isinstance(ref, Tensor):
+        ref = next(iter(ref.parameters()), None)
+        if ref is None:
+            return Tensor(np.asarray(x, dtype=np.float64))
+    return Tensor(get_xp(ref.data).asarray(x, dtype=ref.dtype))
 
 
 def gaussian_log_prob(z, var=1.0):
@@ -439,7 +446,7 @@ class PlanarNF(Module):
     def sample(self, n, rng=None):
         """``n`` samples and ``log q`` of each: shapes (n, D) and (n,)."""
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-        z0 = _like(self, rng.standard_normal((int(n), self.dim)) * math.sqrt(self.base_var))
+        z0 = _like(self.w, rng.standard_normal((int(n), self.dim)) * math.sqrt(self.base_var))
         if self.direction == "sample":
             x, logdet = self.layers(z0)
             return x, self.base_log_prob(z0) - logdet
