@@ -95,6 +95,8 @@ def doctor():
     print(f"  numba   {nb}")
     cp, reason = cupy_status()
     print(f"  cupy    {reason}")
+    print(f"commands (train) run on: {os.environ.get('NODEFORM_BACKEND', '').strip() or 'numpy'} "
+          "(--backend or NODEFORM_BACKEND)")
     from nodeform.memory import STATE
     print(f"malloc tuning (nodeform/memory.py): {STATE['reason']}")
     return 0

@@ -48,6 +48,7 @@ import warnings
 import numpy as np
 
 from nodeform.autodiff.tensor import Tensor, no_grad
+from nodeform.backend import host_float
 from nodeform.checkpoint import (DEFAULT_KEEP, load_checkpoint, load_latest_checkpoint,  # noqa: F401
                                  nonfinite_entries, save_checkpoint)
 from nodeform.metrics_log import LogWarning, MetricsLog, read_log, restore_log  # noqa: F401
@@ -302,7 +303,7 @@ def fit(model, optimizer, batches, loss_fn, steps, *, eval_fn=None, eval_every=0
                 phase = "compute"
                 batch = batches.next()
                 loss, metrics = _split(loss_fn(model, batch, rng))
-                value = float(loss.item())
+                value = host_float(loss.data.reshape(()))     # the step's one sync outside the solver
                 if not math.isfinite(value):
                     raise _nonfinite_loss(step + 1, value, checkpoint_path, saved_step)
                 optimizer.zero_grad()
@@ -397,6 +398,6 @@ def evaluate_classifier(model, x, y, batch_size=500):
         for i in range(0, len(x), batch_size):
             logits = model(x[i:i + batch_size])
             yb = y[i:i + batch_size]
-            total_loss += float(cross_entropy(logits, yb, reduction="sum").item())
+            total_loss += host_float(cross_entropy(logits, yb, reduction="sum").data)
             correct += accuracy(logits, yb) * len(yb)
     return {"loss": total_loss / len(x), "accuracy": correct / len(x)}

@@ -43,7 +43,7 @@ def odeint_backprop(func, y0, t, t_vals, method, rtol, atol, options, stats=None
     """
     if not (isinstance(t, Tensor) and t.requires_grad):
         sol = solve(func, y0, t_vals, method=method, rtol=rtol, atol=atol, **options)
-        _add_stats(stats, sol.stats)
+        _add_stats(stats, sol)
         return stack(sol.ys)
     ys = [y0]
     opts = dict(options)
@@ -57,12 +57,13 @@ def odeint_backprop(func, y0, t, t_vals, method, rtol, atol, options, stats=None
         def g(s, y, t_start=t_start, span=span):
             return func(t_start + s * span, y) * span
         sol = solve(g, ys[-1], [0.0, 1.0], method=method, rtol=rtol, atol=atol, **opts)
-        _add_stats(stats, sol.stats)
+        _add_stats(stats, sol)
         ys.append(sol.ys[-1])
     return stack(ys)
 
 
-def _add_stats(stats, s):
+def _add_stats(stats, sol):
     if stats is not None:
-        stats.nfe_forward += s["nfev"]
-        stats.steps_forward += s["n_accepted"]
+        stats.nfe_forward += sol.stats["nfev"]
+        stats.steps_forward += sol.stats["n_accepted"]
+        stats.syncs_forward += sol.host_syncs

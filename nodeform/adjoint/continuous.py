@@ -71,6 +71,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nodeform.autodiff.tensor import Tensor, backprop, enable_grad, no_grad, watching
+from nodeform.backend import host_float
 from nodeform.ode.errors import VectorFieldError
 
 # ============================================================ the augmented state layout
@@ -164,12 +165,12 @@ class TensorField:
         gs = [g.data if g is not None else xp.zeros(i.shape, self.dtype) for g, i in zip(gs, inputs)]
         g_theta = (xp.concatenate([g.ravel() for g in gs[1 + with_t:]])
                    if self.params else xp.zeros(0, self.dtype))
-        g_t = float(gs[1]) if with_t else 0.0
+        g_t = host_float(gs[1]) if with_t else 0.0
         return out.data, gs[0], g_theta, g_t
 
 
 def _xp(a):
-    from nodeform.backend import get_xp
+    from nodeform.backend import get_xp, host_float
     return get_xp(a)
 
 
@@ -207,7 +208,7 @@ def adjoint_sweep(t_vals, ys, cotangents, f_eval, solve_back, layout, xp, dtype,
     a_theta = xp.zeros(layout.p, dtype=dtype)
     a_t = 0.0
     if layout.with_t:
-        dl_dtN = float((g[N] * f_eval(t_vals[N], ys[N])).sum())
+        dl_dtN = host_float((g[N] * f_eval(t_vals[N], ys[N])).sum())
         g_t[N] = dl_dtN
         a_t = -dl_dtN
     # ---- backwards, one observation interval at a time
@@ -217,11 +218,11 @@ def adjoint_sweep(t_vals, ys, cotangents, f_eval, solve_back, layout, xp, dtype,
         s = solve_back(s, t_vals[i], t_vals[i - 1])
         z_new, a_new, a_theta_new, a_t = layout.unpack(s)
         z, a, a_theta = z_new.copy(), a_new.copy(), a_theta_new.copy()
-        a_t = float(a_t)
+        a_t = host_float(a_t)
         # restart z from the stored forward state (done in pack, if restart); jump a and a_t
         a = a + g[i - 1]
         if layout.with_t and i - 1 >= 1:
-            dl_dti = float((g[i - 1] * f_eval(t_vals[i - 1], ys[i - 1])).sum())
+            dl_dti = host_float((g[i - 1] * f_eval(t_vals[i - 1], ys[i - 1])).sum())
             g_t[i - 1] = dl_dti
             a_t -= dl_dti
     if layout.with_t:

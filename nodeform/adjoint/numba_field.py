@@ -774,7 +774,8 @@ class NumbaField:
             z = y.reshape(-1, d)
             x = z
             if self.time_input:
-                tt = t if isinstance(t, nf.Tensor) else nf.Tensor(np.asarray(t, dtype=float))
+                tt = t if isinstance(t, nf.Tensor) else \
+                    nf.Tensor(nf.get_xp(theta.data).full((), float(t), dtype=theta.dtype))
                 x = nf.concatenate([z, nf.broadcast_to(tt.reshape(1, 1), (z.shape[0], 1))], axis=1)
             for k, (W, b) in enumerate(layers):
                 x = x @ W.T + b

@@ -35,7 +35,7 @@ from nodeform.adjoint.continuous import AugmentedLayout, TensorField, adjoint_sw
 from nodeform.adjoint.numba_field import NumbaField, augmented, augmented_call, vjp_handle
 from nodeform.autodiff.primitive import defprim
 from nodeform.autodiff.tensor import Tensor, _toposort, is_grad_enabled, watching
-from nodeform.backend import get_xp
+from nodeform.backend import backend_name, get_xp, host_bool, is_device_array, sync_count, to_numpy
 from nodeform.ode import api as ode_api
 from nodeform.ode.api import _is_numba_function
 from nodeform.ode.errors import NonFiniteError, SolverArgumentError, SolverError
@@ -56,9 +56,14 @@ class SolveStats:
     nfe_backward: int = 0
     steps_forward: int = 0
     steps_backward: int = 0
+    #: Host syncs (device values read as Python numbers, :func:`nodeform.backend.host_float`)
+    #: of the forward solve and of the backward pass; about one per attempted step.
+    syncs_forward: int = 0
+    syncs_backward: int = 0
 
     def reset(self):
         self.nfe_forward = self.nfe_backward = self.steps_forward = self.steps_backward = 0
+        self.syncs_forward = self.syncs_backward = 0
 
 
 def _bad(msg):
@@ -279,6 +284,7 @@ class _Problem:
         if self.stats is not None:
             self.stats.nfe_forward += sol.stats["nfev"]
             self.stats.steps_forward += sol.stats["n_accepted"]
+            self.stats.syncs_forward += sol.host_syncs
         self.ys = sol.ys.reshape((len(self.t_vals),) + tuple(self.shape))
         return self.ys
 
@@ -295,10 +301,11 @@ class _Problem:
                 "(`backward(create_graph=True)` reached an odeint node). Use adjoint='backprop', "
                 "whose tape can be differentiated again.")
         xp = get_xp(g.data)
+        syncs0 = sync_count()
         n = int(np.prod(self.shape))
         G = g.data.reshape(len(self.t_vals), n)
-        if not bool(xp.isfinite(G).all()):
-            i = int(np.argwhere(~np.isfinite(np.asarray(G)).any(axis=1))[0][0])
+        if not host_bool(xp.isfinite(G).all()):
+            i = int(np.argwhere(~np.isfinite(to_numpy(G)).any(axis=1))[0][0])
             raise NonFiniteError(
                 f"the gradient arriving at the output of `odeint` (dL/dy at t = "
                 f"{self.t_vals[i]:.6g}, output {i}) is NaN/inf, so the backward solve cannot "
@@ -373,6 +380,7 @@ class _Problem:
         if self.stats is not None:
             self.stats.nfe_backward += nfev[0]
             self.stats.steps_backward += steps[0]
+            self.stats.syncs_backward += sync_count() - syncs0
         out = {"y0": g_z0.reshape(self.shape),
                "t": None if g_t is None else xp.asarray(g_t, dtype=self.dtype)}
         off = 0
@@ -486,7 +494,11 @@ def odeint(func, y0, t, method="dopri5", rtol=ode_api.DEFAULT_RTOL, atol=ode_api
             raise _bad("a NumbaField needs `params` = one flat theta Tensor of shape (p,) with "
                        "requires_grad=True.")
         func.check_theta(plist[0])
-        if y0_t.dtype != np.float64 or get_xp(y0_t.data) is not np:
+        if is_device_array(y0_t.data):
+            raise _bad("a NumbaField runs on the CPU only (compiled with Numba), but `y0` is a "
+                       f"{backend_name(get_xp(y0_t.data))} device array; use `field.reference(theta)` "
+                       "as `func` to run on the GPU, or pass float64 NumPy arrays.")
+        if y0_t.dtype != np.float64:
             raise _bad("the Numba path runs on float64 NumPy arrays only; pass y0 as such.")
     if adjoint == "backprop":
         if adjoint_restart is not True:

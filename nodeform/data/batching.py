@@ -6,12 +6,16 @@ ran in this process. The iterator's whole state is ``(epoch, position)``; a
 training loop saves it in a checkpoint and :meth:`BatchIterator.load_state_dict`
 puts the stream back exactly where it was. Random augmentation gets its own
 generator per batch, ``default_rng([seed, epoch, batch, 1])``, for the same reason.
+
+The arrays may live on a GPU (CuPy): the order is drawn on the host and copied to
+the device once per epoch, and batches are gathered there, so no data crosses the
+bus per batch.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from nodeform.backend import to_numpy
+from nodeform.backend import get_xp, is_device_array, to_numpy
 
 
 class BatchIterator:
@@ -53,7 +57,7 @@ class BatchIterator:
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.drop_last, self.transform = bool(drop_last), transform
         self.epoch_index, self.position = 0, 0
-        self._order_epoch, self._order = None, None
+        self._order_epoch, self._order, self._order_dev = None, None, {}
 
     def __len__(self):
         """Batches per epoch."""
@@ -61,20 +65,36 @@ class BatchIterator:
         return full + (1 if rest and not self.drop_last else 0)
 
     def order(self, epoch):
-        """The row order of ``epoch`` (a permutation, or ``arange`` without shuffling)."""
+        """The row order of ``epoch`` (a permutation, or ``arange`` without shuffling).
+
+        A NumPy array; when the arrays live on a GPU, :meth:`next` indexes them with a
+        device copy of it, made once per epoch (not per batch).
+        """
         if self._order_epoch != epoch:
             self._order = (np.random.default_rng([self.seed, epoch]).permutation(self.n)
                            if self.shuffle else np.arange(self.n))
             self._order_epoch = epoch
+            self._order_dev = {}
         return self._order
+
+    def _index(self, a, epoch):
+        """The order of ``epoch`` in the array module of ``a`` (copied to a device once per epoch)."""
+        order = self.order(epoch)
+        if not is_device_array(a):
+            return order
+        xp = get_xp(a)
+        key = id(xp)
+        if key not in self._order_dev:
+            self._order_dev[key] = xp.asarray(order)
+        return self._order_dev[key]
 
     def next(self):
         """The next batch of the endless stream (a tuple, one entry per array); moves on to the next epoch."""
         if self.position >= len(self):
             self.epoch_index, self.position = self.epoch_index + 1, 0
         b = self.position
-        idx = self.order(self.epoch_index)[b * self.batch_size:(b + 1) * self.batch_size]
-        batch = tuple(a[idx] for a in self.arrays)
+        lo, hi = b * self.batch_size, (b + 1) * self.batch_size
+        batch = tuple(a[self._index(a, self.epoch_index)[lo:hi]] for a in self.arrays)
         if self.transform is not None:
             batch = self.transform(batch, np.random.default_rng([self.seed, self.epoch_index, b, 1]))
         self.position += 1

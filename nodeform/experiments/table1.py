@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from nodeform import optim
+from nodeform.backend import BACKEND_ENV, BACKENDS, get_backend, host_float, resolve_backend
 from nodeform.data import BatchIterator, DataNotFoundError, load_mnist
 from nodeform.models.odenet import MODELS, build_model
 from nodeform.nn.serialize import CheckpointError, load_arrays
@@ -131,7 +132,7 @@ def _write_json(path, obj):
 
 
 def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="float32", seed=0,
-                batch_size=BATCH_SIZE, max_steps=None, progress=True):
+                batch_size=BATCH_SIZE, max_steps=None, progress=True, backend=None):
     """Train one Table 1 model and write its run directory; returns the results dict.
 
     Parameters
@@ -151,6 +152,10 @@ def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="f
     max_steps : int, optional
         Stop after this many optimizer steps in total (for tests and quick looks).
     progress : bool
+    backend : {"numpy", "cupy"}, optional
+        Where the model and the data live; default ``$NODEFORM_BACKEND``, else NumPy. On
+        CuPy the whole split is copied to the GPU once, before the first step, and the
+        batches are gathered there.
 
     Returns
     -------
@@ -166,6 +171,11 @@ def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="f
             raise TrainingArgumentError(f"`{arg}` must be >= 1, got {v}.")
     if max_steps is not None and int(max_steps) < 1:
         raise TrainingArgumentError(f"`--max-steps` must be >= 1, got {max_steps}.")
+    try:
+        backend = resolve_backend(backend)
+    except (ValueError, RuntimeError) as exc:
+        raise TrainingArgumentError(str(exc)) from None
+    xp = get_backend(backend)
     out = out or os.path.join("runs", "table1", name)
     ckpt, log, res_path = (os.path.join(out, f) for f in ("checkpoint.npz", "log.jsonl", "results.json"))
     if resume and not os.path.exists(ckpt):
@@ -180,7 +190,7 @@ def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="f
                     data=os.path.abspath(data) if data else "embedded", epochs=int(epochs),
                     max_steps=None if max_steps is None else int(max_steps), lr=LR,
                     momentum=MOMENTUM, lr_drop_epochs=list(LR_DROP_EPOCHS),
-                    train_size=len(split.x_train), test_size=len(split.x_test))
+                    train_size=len(split.x_train), test_size=len(split.x_test), backend=backend)
     done_epochs = []
     if resume:
         done_epochs = _resume_records(res_path, ckpt, settings)
@@ -189,8 +199,11 @@ def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="f
                                     "with `--resume`, or choose another `--out`.")
 
     model = build_model(name, rng=int(seed), dtype=DTYPES[dtype])
-    batches = BatchIterator(split.x_train, split.y_train, batch_size=batch_size, seed=int(seed),
-                            drop_last=True)
+    x_train, y_train, x_test, y_test = split.x_train, split.y_train, split.x_test, split.y_test
+    if xp is not np:               # to the device once; every batch is then gathered there
+        model.to(backend=backend)
+        x_train, y_train, x_test, y_test = (xp.asarray(a) for a in (x_train, y_train, x_test, y_test))
+    batches = BatchIterator(x_train, y_train, batch_size=batch_size, seed=int(seed), drop_last=True)
     per_epoch = len(batches)
     schedule = optim.multistep(LR, [e * per_epoch for e in LR_DROP_EPOCHS])
     opt = optim.SGD(model.parameters(), lr=schedule, momentum=MOMENTUM)
@@ -205,7 +218,7 @@ def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="f
         if rec.t_start is None:
             rec.t_start = time.perf_counter()
         loss, metrics = loss_fn(model, batch, rng)
-        pending[:] = [(float(loss.item()), metrics["acc"])]
+        pending[:] = [(host_float(loss.data.reshape(())), metrics["acc"])]
         return loss, metrics
 
     def step_then_record(_step=opt.step):
@@ -217,7 +230,7 @@ def train_model(name, epochs=EPOCHS, data=None, out=None, resume=False, dtype="f
 
     def eval_fn(model):
         t0 = time.perf_counter()
-        ev = evaluate_classifier(model, split.x_test, split.y_test, EVAL_BATCH)
+        ev = evaluate_classifier(model, x_test, y_test, EVAL_BATCH)
         step = opt.step_count
         if not rec.batches:                  # a finished run resumed: nothing new to record
             return ev
@@ -283,6 +296,8 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"numpy (CPU) or cupy (GPU); default ${BACKEND_ENV}, else numpy")
 
 
 def main(args):
@@ -291,7 +306,7 @@ def main(args):
         res = train_model(args.model, epochs=args.epochs, data=args.data, out=args.out,
                           resume=args.resume, dtype=args.dtype, seed=args.seed,
                           batch_size=args.batch_size, max_steps=args.max_steps,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, backend=args.backend)
     except TrainingArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

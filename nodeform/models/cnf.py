@@ -46,6 +46,7 @@ import math
 
 import numpy as np
 
+from nodeform.backend import get_xp, is_device_array
 from nodeform.adjoint.odeint import odeint
 from nodeform.autodiff import functions as F
 from nodeform.autodiff.tensor import Tensor, enable_grad, gradients, is_grad_enabled, no_grad
@@ -67,7 +68,25 @@ MARGIN = 1e-4
 
 
 def _t(x):
-    return x if isinstance(x, Tensor) else Tensor(np.asarray(x, dtype=np.float64))
+    """A Tensor of ``x``: device arrays stay where they are; host values become float64."""
+    if isinstance(x, Tensor):
+        return x
+    return Tensor(x) if is_device_array(x) else Tensor(np.asarray(x, dtype=np.float64))
+
+
+def _like(ref, x):
+    """``x`` (noise) as a Tensor on the device and in the dtype of ``ref``.
+
+    ``ref`` is a Tensor, or a Module whose first parameter is used (float64 on the host
+    when it has none, e.g. while a test has swapped its parameters for plain Tensors).
+    """
+    if isinstance(x, Tensor):
+        return x
+    if not isinstance(ref, Tensor):
+        ref = next(iter(ref.parameters()), None)
+        if ref is None:
+            return Tensor(np.asarray(x, dtype=np.float64))
+    return Tensor(get_xp(ref.data).asarray(x, dtype=ref.dtype))
 
 
 def gaussian_log_prob(z, var=1.0):
@@ -90,7 +109,11 @@ class HyperNet(Module):
         self.fc3 = Linear(hidden, 3 * self.width * self.dim + self.width, rng=rng)
 
     def forward(self, t):
-        tt = _t(t).reshape(1, 1)
+        if isinstance(t, Tensor):
+            tt = t.reshape(1, 1)
+        else:                      # filled on the device: no host-to-device copy per evaluation
+            w = self.fc1.weight.data
+            tt = Tensor(get_xp(w).full((1, 1), float(t), dtype=w.dtype))
         p = self.fc3(F.tanh(self.fc2(F.tanh(self.fc1(tt))))).reshape(-1)
         M, D = self.width, self.dim
         W = p[:M * D].reshape(M, D)
@@ -158,7 +181,7 @@ def exact_trace(field, t, z):
         d = zz.shape[1]
         tr = None
         for k in range(d):
-            seed = np.zeros(f.shape, dtype=f.dtype)
+            seed = get_xp(f.data).zeros(f.shape, dtype=f.dtype)
             seed[:, k] = 1.0
             g = gradients(f, zz, seed=seed, create_graph=record, retain_graph=True)
             term = g[:, k]
@@ -245,7 +268,8 @@ class CNF(Module):
     def log_prob(self, x, **kw):
         """``log q(x)`` (k,): solve ``[x, 0]`` from ``t1`` back to ``t0``."""
         x = _t(x)
-        zs, ls = self.integrate(x, np.zeros(x.shape[0]), [self.t1, self.t0], **kw)
+        zs, ls = self.integrate(x, get_xp(x.data).zeros(x.shape[0], dtype=x.dtype), [self.t1, self.t0],
+                                **kw)
         return self.base_log_prob(zs[-1]) - ls[-1]
 
     def sample(self, n, rng=None, ts=None, **kw):
@@ -256,7 +280,7 @@ class CNF(Module):
         """
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
         d = self.field.dim
-        z0 = Tensor(rng.standard_normal((int(n), d)) * math.sqrt(self.base_var))
+        z0 = _like(self, rng.standard_normal((int(n), d)) * math.sqrt(self.base_var))   # one copy
         ts_ = [self.t0, self.t1] if ts is None else list(ts)
         zs, ls = self.integrate(z0, self.base_log_prob(z0), ts_, **kw)
         return (zs[-1], ls[-1]) if ts is None else (zs, ls)
@@ -307,6 +331,9 @@ class PlanarCNF(CNF):
             raise ValueError(f"`engine='{self.engine}'` runs the continuous adjoint only; use "
                              "adjoint='continuous' or engine='autodiff'.")
         s0 = _t(s0)
+        if is_device_array(s0.data):
+            raise ValueError(f"`engine='{self.engine}'` runs on the CPU only (hand-written NumPy/Numba "
+                             "kernels), but the state is on a GPU; use engine='autodiff' there.")
         if s0.dtype != np.float64:
             raise ValueError(f"`engine='{self.engine}'` runs in float64; the state is {s0.dtype}.")
         theta = self.theta()
@@ -392,23 +419,25 @@ class PlanarNF(Module):
         recovered inputs.
         """
         with no_grad():
-            z = np.array(_t(y).data, dtype=np.float64)
-            logdet = np.zeros(z.shape[0])
+            xp = get_xp(_t(y).data)             # on a GPU the whole bisection stays there, no syncs
+            z = xp.array(_t(y).data, dtype=np.float64)
+            logdet = xp.zeros(z.shape[0])
             n = self.n_layers if upto is None else upto
-            uh_all = self.u_hats().data
+            uh_all = self.u_hats().data.astype(np.float64)
             for k in range(self.n_layers - 1, self.n_layers - 1 - n, -1):
-                w, uh, b = self.w.data[k], uh_all[k], float(self.b.data[k])
-                s = float(w @ uh)
+                w, uh = self.w.data[k].astype(np.float64), uh_all[k]
+                b = self.b.data[k].astype(np.float64)
+                s = w @ uh                          # 0-d: w . u^
                 wy = z @ w
-                lo, hi = wy - abs(s) - 1e-12, wy + abs(s) + 1e-12
+                lo, hi = wy - xp.abs(s) - 1e-12, wy + xp.abs(s) + 1e-12
                 for _ in range(INVERSE_ITERS):
                     mid = 0.5 * (lo + hi)
-                    above = mid + s * np.tanh(mid + b) > wy
-                    hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+                    above = mid + s * xp.tanh(mid + b) > wy
+                    hi, lo = xp.where(above, mid, hi), xp.where(above, lo, mid)
                 a = 0.5 * (lo + hi)
-                h = np.tanh(a + b)
+                h = xp.tanh(a + b)
                 z = z - h[:, None] * uh
-                logdet += np.log1p((1.0 - h * h) * s)
+                logdet += xp.log1p((1.0 - h * h) * s)
         return z, logdet
 
     def base_log_prob(self, z):
@@ -417,7 +446,7 @@ class PlanarNF(Module):
     def sample(self, n, rng=None):
         """``n`` samples and ``log q`` of each: shapes (n, D) and (n,)."""
         rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-        z0 = Tensor(rng.standard_normal((int(n), self.dim)) * math.sqrt(self.base_var))
+        z0 = _like(self.w, rng.standard_normal((int(n), self.dim)) * math.sqrt(self.base_var))
         if self.direction == "sample":
             x, logdet = self.layers(z0)
             return x, self.base_log_prob(z0) - logdet

@@ -35,7 +35,7 @@ from nodeform.adjoint.numba_field import mlp_field
 from nodeform.adjoint.odeint import odeint
 from nodeform.autodiff import functions as F
 from nodeform.autodiff.tensor import Tensor, no_grad
-from nodeform.backend import DEFAULT_DTYPE
+from nodeform.backend import DEFAULT_DTYPE, get_xp, host_float, is_device_array
 from nodeform.nn import init
 from nodeform.nn.layers import Linear, as_tensor
 from nodeform.nn.losses import gaussian_nll, kl_diag_gaussians
@@ -125,14 +125,16 @@ class Recognition(Module):
     def forward(self, x, gaps, valid):
         x = as_tensor(x)
         N, K = gaps.shape
+        xp = get_xp(x.data)
         h = self.cell.initial_state(N)
-        g = Tensor((gaps / self.dt_scale).astype(x.dtype)[..., None])
+        g = Tensor(xp.asarray((gaps / self.dt_scale).astype(x.dtype)[..., None]))     # one copy
+        vm = xp.asarray(valid.astype(x.dtype)) if not valid.all() else None           # one copy
         for k in range(K - 1, -1, -1):                       # backwards in time
             h_new = self.cell(F.concatenate([x[:, k], g[:, k]], axis=1), h)
-            if valid[:, k].all():
+            if valid[:, k].all():                            # (valid is on the host: no sync)
                 h = h_new
             else:                                            # padding leaves h as it was
-                m = Tensor(valid[:, k:k + 1].astype(x.dtype))
+                m = Tensor(vm[:, k:k + 1])
                 h = h_new * m + h * (1.0 - m)
         out = self.out(h)
         L = self.latent_dim
@@ -140,6 +142,21 @@ class Recognition(Module):
 
 
 # ------------------------------------------------------------------ the latent ODE
+def _values(x):
+    """The values of a batch as an array: device arrays stay on the device, the rest become NumPy."""
+    x = x.data if isinstance(x, Tensor) else x
+    return x if is_device_array(x) else np.asarray(x)
+
+
+def _gather(x, idx):
+    """``x[n, idx[n, k]]`` (N, K, D) from ``x`` (N, T, D); the host index is copied to x's device."""
+    rows = np.arange(len(idx))[:, None]
+    xp = get_xp(x)
+    if xp is not np:
+        rows, idx = xp.asarray(rows), xp.asarray(idx)
+    return x[rows, idx]
+
+
 class LatentODE(Module):
     """Recognition RNN, latent dynamics ``f(z)``, decoder; the negative ELBO (module docstring).
 
@@ -199,7 +216,7 @@ class LatentODE(Module):
             How the solve is differentiated: the compiled field with the continuous
             adjoint, the autodiff field with the continuous adjoint, or backprop
             through the solver. ``"numba"`` falls back to ``"continuous"`` for
-            non-float64 data.
+            non-float64 data and for data on a GPU (the compiled field is CPU-only).
         solver : dict, optional
             Settings of the solve (``method``, ``rtol``, ``atol``, ``step_size``, ...);
             default dopri5 at ``RTOL``, ``ATOL``.
@@ -221,7 +238,7 @@ class LatentODE(Module):
             return z0.reshape((1,) + tuple(z0.shape))
         N, L = z0.shape
         opts = {"rtol": RTOL, "atol": ATOL} | dict(solver or {})
-        if grad == "numba" and z0.dtype == np.float64:
+        if grad == "numba" and z0.dtype == np.float64 and not is_device_array(z0.data):
             ys = odeint(self.field, z0.reshape(N * L), grid, params=[self.theta], stats=stats,
                         **opts).reshape(grid.size, N, L)
         else:
@@ -240,12 +257,10 @@ class LatentODE(Module):
         t : ndarray, shape (T,)
         mask : ndarray of bool, shape (N, T)
         """
-        idx, valid = compact(mask)
-        rows = np.arange(len(idx))[:, None]
+        idx, valid = compact(mask)                   # the index structure stays on the host
         t_obs = np.asarray(t)[idx]
         gaps = previous_gaps(t_obs, valid, t0)
-        x = np.asarray(x.data if isinstance(x, Tensor) else x)
-        return self.encoder(Tensor(x[rows, idx]), gaps, valid)
+        return self.encoder(Tensor(_gather(_values(x), idx)), gaps, valid)
 
     # -------------------------------------------------------------- the loss
     def loss(self, x, t, mask, rng, t0=0.0, grad="numba", kl_weight=1.0, solver=None, stats=None):
@@ -270,19 +285,21 @@ class LatentODE(Module):
         info : dict
             ``nll`` and ``kl`` (per sequence, batch means, floats).
         """
-        x = np.asarray(x)
+        x = _values(x)
+        xp = get_xp(x)
         mu, logvar = self.posterior(x, t, mask, t0)
-        eps = rng.standard_normal(mu.shape).astype(mu.dtype)
+        eps = xp.asarray(rng.standard_normal(mu.shape).astype(mu.dtype))   # host noise: one copy
         z0 = mu + F.exp(0.5 * logvar) * Tensor(eps)                # reparameterized sample
         cols, t_u, m_u = union_grid(t, mask)
         zs = self.trajectories(z0, t_u, t0, grad=grad, solver=solver, stats=stats)   # (T_u, N, L): one solve
         xhat = F.swapaxes(self.decode(zs), 0, 1)                       # (N, T_u, D)
         logvar_x = 2.0 * math.log(self.obs_std)
-        nll = gaussian_nll(Tensor(x[:, cols]), xhat, logvar_x, reduction="none")
-        nll = (nll * Tensor(m_u[..., None].astype(x.dtype))).sum(axis=(1, 2))   # (N,)
+        nll = gaussian_nll(Tensor(x[:, xp.asarray(cols) if xp is not np else cols]), xhat, logvar_x,
+                           reduction="none")
+        nll = (nll * Tensor(xp.asarray(m_u[..., None].astype(x.dtype)))).sum(axis=(1, 2))   # (N,)
         kl = kl_diag_gaussians(mu, logvar, reduction="none")                     # (N,)
         loss = (nll + kl_weight * kl).mean()
-        return loss, {"nll": float(nll.data.mean()), "kl": float(kl.data.mean())}
+        return loss, {"nll": host_float(nll.data.mean()), "kl": host_float(kl.data.mean())}
 
     # -------------------------------------------------------------- prediction
     def predict(self, x, t, mask, t_pred, t0=0.0, n_samples=0, rng=None):
@@ -294,18 +311,20 @@ class LatentODE(Module):
         """
         with no_grad():
             mu, logvar = self.posterior(x, t, mask, t0)
+            xp = get_xp(mu.data)
             zs = self.trajectories(mu, t_pred, t0, grad="continuous")
-            mean = np.swapaxes(self.decode(zs).data, 0, 1)
-            lat = np.swapaxes(zs.data, 0, 1)
+            mean = xp.swapaxes(self.decode(zs).data, 0, 1)
+            lat = xp.swapaxes(zs.data, 0, 1)
             if not n_samples:
                 return mean, lat
             rng = init.as_rng(rng)
             out = []
             for _ in range(int(n_samples)):
-                z0 = mu.data + np.exp(0.5 * logvar.data) * rng.standard_normal(mu.shape)
+                noise = xp.asarray(rng.standard_normal(mu.shape).astype(mu.dtype))
+                z0 = mu.data + xp.exp(0.5 * logvar.data) * noise
                 zs = self.trajectories(Tensor(z0), t_pred, t0, grad="continuous")
-                out.append(np.swapaxes(self.decode(zs).data, 0, 1))
-            return np.stack(out), lat
+                out.append(xp.swapaxes(self.decode(zs).data, 0, 1))
+            return xp.stack(out), lat
 
 
 # ------------------------------------------------------------------ the RNN baselines
@@ -329,15 +348,16 @@ class RNNBaseline(Module):
         """One step: ``x`` (N, D) Tensor, ``gap`` (N,) array -> ``(h, prediction)``."""
         inp = x
         if self.time_input:
-            inp = F.concatenate([x, Tensor((gap / self.dt_scale).astype(x.dtype)[:, None])], axis=1)
+            g = get_xp(x.data).asarray((gap / self.dt_scale).astype(x.dtype)[:, None])    # host gaps: one copy
+            inp = F.concatenate([x, Tensor(g)], axis=1)
         h = self.cell(inp, h)
         return h, x + self.out(h)
 
     def loss(self, x, t, mask):
         """Mean over sequences of the summed next-step Gaussian NLL (shapes as LatentODE.loss)."""
         idx, valid = compact(mask)
-        rows = np.arange(len(idx))[:, None]
-        xs = Tensor(np.asarray(x)[rows, idx])                # (N, K, D)
+        xs = Tensor(_gather(_values(x), idx))                # (N, K, D)
+        xp = get_xp(xs.data)
         ts = np.asarray(t)[idx]
         N, K = idx.shape
         h = self.cell.initial_state(N)
@@ -348,7 +368,7 @@ class RNNBaseline(Module):
             m = valid[:, k + 1]
             nll = gaussian_nll(xs[:, k + 1], pred, logvar_x, reduction="none").sum(axis=1)
             if not m.all():
-                mt = Tensor(m.astype(xs.dtype))
+                mt = Tensor(xp.asarray(m.astype(xs.dtype)))
                 nll = nll * mt
                 h_new = h_new * mt[:, None] + h * (1.0 - mt[:, None])
             h = h_new
@@ -358,11 +378,11 @@ class RNNBaseline(Module):
     def predict(self, x, t, mask, t_pred):
         """Read the observations, then roll out to ``t_pred`` (after the last one): (N, T', D)."""
         idx, valid = compact(mask)
-        rows = np.arange(len(idx))[:, None]
         t = np.asarray(t)
         t_pred = np.asarray(t_pred, dtype=np.float64)
         with no_grad():
-            xs = Tensor(np.asarray(x)[rows, idx])
+            xs = Tensor(_gather(_values(x), idx))
+            xp = get_xp(xs.data)
             ts = t[idx]
             N, K = idx.shape
             h = self.cell.initial_state(N)
@@ -375,14 +395,14 @@ class RNNBaseline(Module):
                 nxt = ts[:, k + 1] if k + 1 < K else ts[:, k]
                 gap = np.where(nxt_valid, nxt - ts[:, k], t_pred[0] - ts[:, k])
                 h_new, p = self.step(xs[:, k], gap, h)
-                v = valid[:, k][:, None]
-                h = Tensor(np.where(v, h_new.data, h.data))
-                pred = p if pred is None else Tensor(np.where(v, p.data, pred.data))
+                v = xp.asarray(valid[:, k][:, None])
+                h = Tensor(xp.where(v, h_new.data, h.data))
+                pred = p if pred is None else Tensor(xp.where(v, p.data, pred.data))
             out = [pred.data]
             for j in range(1, t_pred.size):
                 h, pred = self.step(pred, np.full(N, t_pred[j] - t_pred[j - 1]), h)
                 out.append(pred.data)
-        return np.stack(out, axis=1)
+        return xp.stack(out, axis=1)
 
 
 # ------------------------------------------------------------------ the Poisson process

@@ -11,7 +11,7 @@ import numpy as np
 
 from nodeform.autodiff import functions as F
 from nodeform.autodiff.tensor import Tensor
-from nodeform.backend import DEFAULT_DTYPE
+from nodeform.backend import DEFAULT_DTYPE, get_xp
 from nodeform.nn import init
 from nodeform.nn.module import Module, Parameter
 
@@ -79,7 +79,7 @@ class ConcatLinear(Linear):
         x = as_tensor(x)
         check_input(self.name(), x, 2, -1, self.in_features, f"(N, {self.in_features})")
         tt = F.broadcast_to(F.reshape(as_tensor(t), 1, 1), (x.shape[0], 1)) \
-            if isinstance(t, Tensor) else Tensor(np.full((x.shape[0], 1), float(t), x.dtype))
+            if isinstance(t, Tensor) else Tensor(get_xp(x.data).full((x.shape[0], 1), float(t), x.dtype))
         y = F.concatenate([x, F.astype(tt, x.dtype) if tt.dtype != x.dtype else tt], axis=1) \
             @ self.weight.T
         return y + self.bias if self.bias is not None else y

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from nodeform.autodiff import functions as F
 from nodeform.autodiff.tensor import Tensor
-from nodeform.backend import get_xp
+from nodeform.backend import get_xp, host_bool, host_float
 
 #: log(2 pi), the constant of the Gaussian log-density.
 LOG_2PI = math.log(2.0 * math.pi)
@@ -61,7 +59,7 @@ def cross_entropy(logits, labels, reduction="mean"):
     if y.dtype.kind not in "iu":
         raise TypeError(f"`cross_entropy`: `labels` must be integer class indices, got dtype {y.dtype}.")
     k = logits.shape[1]
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= k):
+    if y.size and host_bool(((y < 0) | (y >= k)).any()):   # one host sync (y may live on a GPU)
         raise ValueError(f"`cross_entropy`: labels must lie in [0, {k}), got values from "
                          f"{int(y.min())} to {int(y.max())}.")
     # A one-hot mask picks the true class: a multiply, cheaper to differentiate than a gather.
@@ -74,7 +72,7 @@ def accuracy(logits, labels):
     """Fraction of rows whose largest logit is the label (a float, not differentiable)."""
     z = logits.data if isinstance(logits, Tensor) else logits
     y = labels.data if isinstance(labels, Tensor) else labels
-    return float((get_xp(z).argmax(z, axis=1) == y).mean())
+    return host_float((get_xp(z).argmax(z, axis=1) == y).mean())
 
 
 def mse_loss(pred, target, reduction="mean"):
@@ -99,7 +97,7 @@ def gaussian_nll(x, mean, logvar, reduction="mean"):
         Reduced over every entry with ``reduction`` (``"none"`` keeps x's shape).
     """
     x, mean = _t(x), _t(mean)
-    logvar = logvar if isinstance(logvar, Tensor) else Tensor(np.asarray(logvar, dtype=x.dtype))
+    logvar = logvar if isinstance(logvar, Tensor) else Tensor(get_xp(x.data).asarray(logvar, dtype=x.dtype))
     d = x - mean
     v = 0.5 * (LOG_2PI + logvar + d * d * F.exp(-logvar))
     return _reduce(v, reduction, "gaussian_nll")
@@ -121,8 +119,8 @@ def kl_diag_gaussians(mu1, logvar1, mu2=0.0, logvar2=0.0, reduction="mean"):
     Tensor, shape () or (N,)
     """
     mu1, logvar1 = _t(mu1), _t(logvar1)
-    mu2 = mu2 if isinstance(mu2, Tensor) else Tensor(np.asarray(mu2, dtype=mu1.dtype))
-    logvar2 = logvar2 if isinstance(logvar2, Tensor) else Tensor(np.asarray(logvar2, dtype=mu1.dtype))
+    mu2 = mu2 if isinstance(mu2, Tensor) else Tensor(get_xp(mu1.data).asarray(mu2, dtype=mu1.dtype))
+    logvar2 = logvar2 if isinstance(logvar2, Tensor) else Tensor(get_xp(mu1.data).asarray(logvar2, dtype=mu1.dtype))
     if tuple(mu1.shape) != tuple(logvar1.shape):
         raise ValueError(f"`kl_diag_gaussians`: `mu1` {tuple(mu1.shape)} and `logvar1` "
                          f"{tuple(logvar1.shape)} must have the same shape.")

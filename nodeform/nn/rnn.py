@@ -13,7 +13,7 @@ import numpy as np
 
 from nodeform.autodiff import functions as F
 from nodeform.autodiff.tensor import Tensor
-from nodeform.backend import DEFAULT_DTYPE
+from nodeform.backend import DEFAULT_DTYPE, get_xp
 from nodeform.nn import init
 from nodeform.nn.layers import Linear, as_tensor
 from nodeform.nn.module import Module
@@ -40,7 +40,8 @@ class RNNCell(Module):
 
     def initial_state(self, n):
         """Zeros of shape (n, hidden_size): the hidden state before the first step."""
-        return Tensor(np.zeros((n, self.hidden_size), self.ih.weight.dtype))
+        w = self.ih.weight.data
+        return Tensor(get_xp(w).zeros((n, self.hidden_size), w.dtype))
 
     def forward(self, x, h):
         x, h = as_tensor(x), as_tensor(h)

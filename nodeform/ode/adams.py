@@ -72,7 +72,7 @@ import math
 
 import numpy as np
 
-from nodeform.backend import get_xp, raw
+from nodeform.backend import get_xp, host_bool, raw
 from nodeform.ode import controller as ctl
 from nodeform.ode.errors import (MaxStepsError, NonFiniteError, StepSizeUnderflowError,
                                  max_steps_message, nonfinite_message, underflow_message)
@@ -240,8 +240,8 @@ def integrate_adams(f, t_out, y0, rtol, atol, first_step=None, max_steps=MAX_STE
     f0 = f(t, y)
     stats["nfev"] += 1
     check_vector_field_output(f0, y0, t)
-    if not (bool(xp.isfinite(raw(f0)).all()) and bool(xp.isfinite(raw(y0)).all())):
-        what = "initial state y0" if not bool(xp.isfinite(raw(y0)).all()) else \
+    if not (host_bool(xp.isfinite(raw(f0)).all()) and host_bool(xp.isfinite(raw(y0)).all())):
+        what = "initial state y0" if not host_bool(xp.isfinite(raw(y0)).all()) else \
             "derivative f(t0, y0)"
         raise _fail(NonFiniteError(nonfinite_message(what, t, 0), t=t, step=0), ys, stats)
     if first_step is None:

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from nodeform.backend import get_xp, raw
+from nodeform.backend import get_xp, is_device_array, raw, require_host, sync_count
 from nodeform.ode import errors as _st
 from nodeform.ode import controller as ctl
 from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentError, SolverError,
@@ -115,8 +115,7 @@ def _few_times_ok(ts):
 
 
 def _check_times_full(t):
-    t_arr = np.asarray(raw(t) if not type(raw(t)).__module__.startswith("cupy")
-                       else raw(t).get(), dtype=np.float64)
+    t_arr = np.asarray(raw(t) if not is_device_array(t) else raw(t).get(), dtype=np.float64)
     if t_arr.ndim != 1 or t_arr.size == 0:
         raise _bad(f"`t` must be a 1-D sequence of output times (t[0] is the start); got shape "
                    f"{t_arr.shape}. For one interval pass e.g. t=[0.0, 1.0].")
@@ -465,6 +464,8 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
                    f"{type(args).__name__}. Wrap a single one as (value,).")
     t_arr = _check_times(t)
     y0 = _check_y0(y0)
+    if options.get("engine") == "numba" or _is_numba_function(f):
+        require_host(y0, "the Numba engine (an @numba.njit `f`, or engine='numba')")
     engine = select_engine(f, y0, options.get("engine", "auto"))
     if control and engine == "numba":
         if options.get("engine") == "numba":
@@ -473,6 +474,7 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
                        "engine='auto' (it runs the reference engine for these options).")
         engine = "reference"
     xp = get_xp(y0)
+    syncs0 = sync_count()
     try:
         if tab is ADAMS:
             ys, stats, tr = run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size,
@@ -506,8 +508,9 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
             for i, p in enumerate(pr):
                 ys[i] = p
         return Solution(ts=t_arr, ys=ys, stats=exc.stats or {}, status=exc.status, message=str(exc),
-                        method=tab.name, engine=engine)
-    return Solution(ts=t_arr, ys=ys, stats=stats, trace=tr, method=tab.name, engine=engine)
+                        method=tab.name, engine=engine, host_syncs=sync_count() - syncs0)
+    return Solution(ts=t_arr, ys=ys, stats=stats, trace=tr, method=tab.name, engine=engine,
+                    host_syncs=sync_count() - syncs0)
 
 
 def odeint(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=(), **options):

@@ -1,7 +1,8 @@
 """Step-size control: the error norm, the first step, and I / PI controllers.
 
 All of this runs on plain arrays (``raw(...)``): step-size decisions are not
-differentiated, and on CuPy each ``float(...)`` here is one device sync per step.
+differentiated, and on CuPy each conversion to a Python float here is one device sync
+(counted by :func:`nodeform.backend.host_float`); a step makes one, in :func:`error_ratio`.
 
 An embedded pair gives the error estimate ``err`` of each step. Scaled by the
 tolerance and reduced to one number (an RMS norm), ``ratio <= 1`` accepts the step.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from nodeform.backend import get_xp, raw
+from nodeform.backend import get_xp, host_float, raw
 
 __all__ = ["SAFETY", "MIN_FACTOR", "MAX_FACTOR", "PI_ALPHA", "PI_BETA", "CONTROLLERS", "NORMS",
            "controller_exponents", "step_factor", "rms_norm", "max_norm", "resolve_norm",
@@ -118,7 +119,7 @@ def step_factor(ratio, ratio_prev, alpha, beta, after_reject, safety=SAFETY):
 def rms_norm(x):
     """Root-mean-square of a plain array, as a Python float."""
     xp = get_xp(x)
-    return float(xp.sqrt(xp.mean(x * x))) if x.size else 0.0
+    return host_float(xp.sqrt(xp.mean(x * x))) if x.size else 0.0
 
 
 def max_norm(x):
@@ -129,7 +130,7 @@ def max_norm(x):
     """
     # BEGIN SOLUTION ex2_12
     xp = get_xp(x)
-    return float(xp.max(xp.abs(x))) if x.size else 0.0
+    return host_float(xp.max(xp.abs(x))) if x.size else 0.0
     # END SOLUTION ex2_12
 
 
@@ -167,7 +168,7 @@ def error_ratio(err, y, y_new, rtol, atol, norm=rms_norm):
     """
     xp = get_xp(y)
     scale = atol + rtol * xp.maximum(xp.abs(y), xp.abs(y_new))
-    return float(norm(err / scale))
+    return host_float(norm(err / scale))
 
 
 def select_initial_step(f, t0, y0, f0, direction, err_order, rtol, atol, span):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from nodeform.backend import get_xp, raw
+from nodeform.backend import get_xp, host_bool, host_float, raw
 from nodeform.ode import controller as ctl
 from nodeform.ode.errors import (MaxStepsError, NonFiniteError, StepSizeUnderflowError,
                                  VectorFieldError, max_steps_message, nonfinite_message,
@@ -140,7 +140,7 @@ def _nonfinite_cause(y, K, y_new, h, tab):
 
 def _max_abs(y):
     r = raw(y)
-    return float(get_xp(r).abs(r).max()) if r.size else 0.0
+    return host_float(get_xp(r).abs(r).max()) if r.size else 0.0
 
 
 def _overflow_words(y):
@@ -152,14 +152,14 @@ def _overflow_words(y):
 def _first_nonfinite_stage(K):
     for i, k in enumerate(K):
         xp = get_xp(k)
-        if not bool(xp.isfinite(raw(k)).all()):
+        if not host_bool(xp.isfinite(raw(k)).all()):
             return i
     return None
 
 
 def _all_finite(x):
     xp = get_xp(x)
-    return bool(xp.isfinite(raw(x)).all())
+    return host_bool(xp.isfinite(raw(x)).all())
 
 
 def _fail(exc, ys, stats=None):

@@ -33,6 +33,10 @@ class Solution:
         With ``trace=True`` (adaptive methods): per attempted step ``t`` (start),
         ``h`` (signed), ``error_ratio`` and ``accepted`` (bool); ``method="adams"`` adds
         ``order``, the order of each attempted step.
+    host_syncs : int
+        Device values turned into Python numbers during the solve (the controller's error
+        ratio, one per attempted step, and a few at the start): each one is a host sync on
+        a GPU. Counted on NumPy too (:func:`nodeform.backend.host_float`); 0 for Numba.
     """
 
     ts: np.ndarray
@@ -43,6 +47,7 @@ class Solution:
     method: str = ""
     engine: str = "reference"
     trace: dict | None = field(default=None, repr=False)
+    host_syncs: int = field(default=0, repr=False)
 
     @property
     def success(self):
