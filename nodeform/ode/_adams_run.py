@@ -8,10 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from nodeform.ode import errors as _st
+from nodeform.ode._fnptr import check_field, field_handle, is_inplace
 from nodeform.ode.adams import MAX_ORDER, integrate_adams
 from nodeform.ode.errors import SolverArgumentError
 
 __all__ = ["run_adams"]
+
+_NB = []  # nodeform.ode._numba_adams, imported on the first Numba solve (it compiles)
 
 
 def _trace_arrays(tr):
@@ -22,8 +25,12 @@ def _trace_arrays(tr):
 
 
 def run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size, first_step, max_steps,
-              max_step, trace, max_order=MAX_ORDER, controller=None):
-    """``(ys, stats, trace)`` as the RK engines return them; ``ys`` a list of states.
+              max_step, trace, max_order=MAX_ORDER, controller=None, specialize=False):
+    """``(ys, stats, trace)`` as the RK engines return them; ``ys`` a list of states
+    (reference engine) or an array of shape ``(n_out, n)`` (Numba engine).
+
+    ``specialize`` (Numba engine): compile ``f`` into the loop instead of calling it
+    through a function pointer (one loop compile per field and process, not cached).
 
     Raises the :class:`~nodeform.ode.errors.SolverError` of a failed solve, with
     ``partial`` and ``stats`` set.
@@ -40,7 +47,7 @@ def run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size, first_step, max
             "`controller`.")
     if engine == "numba":
         return _run_numba(f, args, t_arr, y0, rtol, atol, first_step, max_steps, max_step,
-                          trace, max_order)
+                          trace, max_order, specialize)
     fa = f if not args else (lambda tt, yy: f(tt, yy, *args))
     ys, stats, tr = integrate_adams(fa, t_arr.tolist(), y0, rtol, atol, first_step=first_step,
                                     max_steps=max_steps, max_step=max_step,
@@ -49,20 +56,32 @@ def run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size, first_step, max
 
 
 def _run_numba(f, args, t_arr, y0, rtol, atol, first_step, max_steps, max_step, trace,
-               max_order):
-    from nodeform.ode import _numba_adams as nb
-    from nodeform.ode._fnptr import field_handle
-    args = tuple(args)
-    fh = field_handle(f, args) if hasattr(f, "get_compile_result") else None
-    f_loop = f if fh is None else fh
+               max_order, specialize=False):
+    if not _NB:
+        from nodeform.ode import _numba_adams
+        _NB.append(_numba_adams)
+    nb = _NB[0]
+    if type(args) is not tuple:  # e.g. a namedtuple: the loop takes a plain tuple
+        args = tuple(args)
+    inplace = is_inplace(f, args)  # f(t, y, out, *args) writes dy/dt into out
+    jitted = hasattr(f, "get_compile_result")
+    # the loop caches across processes only with a handle; specialize=True (or a field
+    # without a handle) compiles f into the loop instead (per process, not cached)
+    fh = field_handle(f, args, inplace) if jitted and not specialize else None
     x, w = nb.gauss_arrays()
-    ys, info, bad, tr = nb.solve_adams(
-        f_loop, args, t_arr, y0, float(rtol), float(atol),
-        -1.0 if first_step is None else float(first_step), float(max_step), int(max_steps),
-        int(max_order), bool(trace), x, w)
-    status = int(info[0])
-    stats = {"nfev": int(info[2]), "n_steps": int(info[3]), "n_accepted": int(info[4]),
-             "n_rejected": int(info[5])}
+    rest = (args, t_arr, y0, float(rtol), float(atol),
+            -1.0 if first_step is None else float(first_step), float(max_step),
+            int(max_steps), int(max_order), bool(trace), x, w)
+    if fh is not None:
+        ys, info, bad, tr = nb.solve_adams(fh, *rest)
+    else:
+        if jitted:
+            check_field(f, args, t_arr[0], y0, inplace)  # a clear error, not a TypingError
+        ys, info, bad, tr = nb.with_field(f)(*rest)
+    st = info.tolist()  # one conversion, not one NumPy scalar per entry
+    status = int(st[0])
+    stats = {"nfev": int(st[2]), "n_steps": int(st[3]), "n_accepted": int(st[4]),
+             "n_rejected": int(st[5])}
     trace_d = None
     if trace:
         m = stats["n_steps"]
@@ -70,7 +89,7 @@ def _run_numba(f, args, t_arr, y0, rtol, atol, first_step, max_steps, max_step, 
                    "error_ratio": tr[:m, 2].copy(), "accepted": tr[:m, 3] > 0.5,
                    "order": tr[:m, 4].astype(np.int64)}
     if status == _st.ST_OK:
-        return [ys[i] for i in range(ys.shape[0])], stats, trace_d
+        return ys, stats, trace_d
     from nodeform.ode.api import raise_numba_failure
     raise_numba_failure(status, info, bad, f, args, t_arr, y0, ys, stats, max_steps,
                         cause_known=False, nonfinite_by_shrinking=True)
