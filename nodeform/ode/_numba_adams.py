@@ -3,8 +3,9 @@
 Same algorithm, same constants and the same floating-point operations in the same order
 as the reference :func:`~nodeform.ode.adams.integrate_adams` (weighted sums left to
 right over the differences, the coefficients by the same quadrature), so the two
-engines take the same steps and orders and agree to round-off; only the RMS norms sum
-in another order (last-bit differences). NumPy float64 only, 1-D state; failures come
+engines take the same steps and orders and agree to round-off; only the RMS norms
+differ, in the last bit: they sum in another order for long states, and take the mean
+as a product with 1/n (exact for n a power of 2). NumPy float64 only, 1-D state; failures come
 back as a status code (:mod:`nodeform.ode.errors`) that the Python side turns into the
 same error the reference raises.
 
@@ -15,13 +16,18 @@ is passed as the dispatcher itself (the loop is then recompiled per process). Bo
 of field work: ``f(t, y, *args) -> dy`` and the in-place ``f(t, y, out, *args)``, which
 writes straight into the loop's arrays (no allocation per evaluation).
 
-What one step costs, and why the loop is laid out as it is (issue 13): everything lives
-in arrays allocated once per solve; the differences of the current and the next step
-are the two halves of one ``(2, MAX_ORDER + 2, n)`` array and the states the two rows
-of a ``(2, n)`` array, picked by a parity index (swapping array variables costs
-reference-count updates every step); the step's weights ``h g_j beta_j`` are formed
-once per step, not once per component; the small helpers are inlined; the error model
-is NumPy's (no zero-division branch per division: no divisor here can be zero).
+What one step costs, and why the loop is laid out as it is (issue 13). A step is one
+long chain of dependent operations (geometry, coefficients, prediction, f, corrector,
+norm, f, differences, step proposal), so the loop shortens the chain rather than the
+operation count: all arrays are allocated once per solve and no array view is made
+inside the loop (each costs reference-count updates); the differences move on in place;
+the divisions of the step geometry are independent of each other (beta's running
+product is a chain of multiplications only); the quadrature's seven running products
+live in registers; the prediction and the corrector's sum share one pass over the
+differences, and the three error norms are summed in the corrector's pass; 1/n is
+formed once; the order k + 1 estimate is computed only when that order is a candidate;
+the field is called without an intermediate function (an in-place field writes straight
+into the loop's array); the error model is NumPy's (no divisor here can be zero).
 
 Debug with ``NUMBA_DISABLE_JIT=1`` (the same code runs as Python).
 """
@@ -191,21 +197,6 @@ def _call_into_impl(f, t, y, args, out):
     return impl_returning
 
 
-@njit(cache=True, inline="always")
-def _combine(D, w, k, out):
-    """out = sum_{j < k} D[j] w[j], accumulated left to right (as rk.weighted_sum).
-
-    One scalar accumulator per component: nothing is stored until the sum is done (the
-    compiler cannot keep ``out[m]`` in a register across ``j``: it might alias ``D``).
-    """
-    n = out.shape[0]
-    for m in range(n):
-        a = D[0, m] * w[0]
-        for j in range(1, k):
-            a = a + D[j, m] * w[j]
-        out[m] = a
-
-
 @njit(cache=True, error_model="numpy")
 def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps, max_order,
                 trace, gx, gw):
@@ -369,9 +360,16 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
         # ---- P, E, C
         for j in range(k):
             cw[j] = h * g[j] * beta[j]
-        _combine(phi, cw, k, p)
+        # one pass over the differences: the prediction p = y + sum_j h g_j Phi*_j, and
+        # sum_j Phi*_j (kept in phik until the corrector needs it)
         for m in range(n):
-            p[m] = y[m] + p[m]
+            a = phi[0, m] * cw[0]
+            b = phi[0, m] * beta[0]
+            for j in range(1, k):
+                a = a + phi[j, m] * cw[j]
+                b = b + phi[j, m] * beta[j]
+            p[m] = y[m] + a
+            phik[m] = b
         ok = _call_into(f, t_new, p, args, fv)
         nfev += 1
         n_steps += 1
@@ -379,7 +377,6 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
             status = ST_BAD_SHAPE
             break
         hgk = h * g[k]
-        _combine(phi, beta, k, phik)
         # the corrector, and the squared scaled norms of the order-k, k-1 and k-2 estimates
         # in the same pass (Phi^p_{j-1} = Phi^p_j + Phi*_{j-1}: one axpy each)
         b1 = beta[k - 1] if k >= 2 else 0.0
