@@ -8,13 +8,38 @@ from __future__ import annotations
 import numpy as np
 
 from nodeform.ode import errors as _st
-from nodeform.ode._fnptr import check_field, field_handle, is_inplace
+from nodeform.ode._fnptr import args_key, check_field, field_handle, is_inplace
 from nodeform.ode.adams import MAX_ORDER, integrate_adams
 from nodeform.ode.errors import SolverArgumentError
 
 __all__ = ["run_adams"]
 
-_NB = []  # nodeform.ode._numba_adams, imported on the first Numba solve (it compiles)
+# (f, args_key(args), specialize) -> (loop, handle or None, Gauss nodes, weights)
+_PLANS = {}
+
+
+def _plan(f, args, t_arr, y0, specialize, memo=True):
+    """What :func:`_run_numba` needs for ``f``: the loop, ``f``'s handle, the constants.
+
+    With a function-pointer handle the cached loop takes the handle; ``specialize=True``,
+    or a field without a handle, gets the loop with ``f`` compiled in (checked first, so
+    that a wrong field gets a clear error rather than Numba's TypingError).
+    """
+    from nodeform.ode import _numba_adams as nb
+    inplace = is_inplace(f, args)  # f(t, y, out, *args) writes dy/dt into out
+    jitted = hasattr(f, "get_compile_result")
+    fh = field_handle(f, args, inplace) if jitted and not specialize else None
+    if fh is None:
+        if jitted:
+            check_field(f, args, t_arr[0], y0, inplace)
+        loop = nb.with_field(f)
+    else:
+        loop = nb.solve_adams
+    x, w = nb.gauss_arrays()
+    plan = (loop, fh, x, w)
+    if memo:
+        _PLANS[(f, args_key(args), specialize)] = plan
+    return plan
 
 
 def _trace_arrays(tr):
@@ -57,27 +82,20 @@ def run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size, first_step, max
 
 def _run_numba(f, args, t_arr, y0, rtol, atol, first_step, max_steps, max_step, trace,
                max_order, specialize=False):
-    if not _NB:
-        from nodeform.ode import _numba_adams
-        _NB.append(_numba_adams)
-    nb = _NB[0]
     if type(args) is not tuple:  # e.g. a namedtuple: the loop takes a plain tuple
         args = tuple(args)
-    inplace = is_inplace(f, args)  # f(t, y, out, *args) writes dy/dt into out
-    jitted = hasattr(f, "get_compile_result")
-    # the loop caches across processes only with a handle; specialize=True (or a field
-    # without a handle) compiles f into the loop instead (per process, not cached)
-    fh = field_handle(f, args, inplace) if jitted and not specialize else None
-    x, w = nb.gauss_arrays()
-    rest = (args, t_arr, y0, float(rtol), float(atol),
+    try:  # the field's handle (or None) and the compiled loop's constants, once per field
+        plan = _PLANS[(f, args_key(args), specialize)]
+    except KeyError:
+        plan = _plan(f, args, t_arr, y0, specialize)
+    except TypeError:  # an unhashable argument: no memo
+        plan = _plan(f, args, t_arr, y0, specialize, memo=False)
+    loop, fh, x, w = plan
+    rest = (args, t_arr, y0, rtol if type(rtol) is float else float(rtol),
+            atol if type(atol) is float else float(atol),
             -1.0 if first_step is None else float(first_step), float(max_step),
             int(max_steps), int(max_order), bool(trace), x, w)
-    if fh is not None:
-        ys, info, bad, tr = nb.solve_adams(fh, *rest)
-    else:
-        if jitted:
-            check_field(f, args, t_arr[0], y0, inplace)  # a clear error, not a TypingError
-        ys, info, bad, tr = nb.with_field(f)(*rest)
+    ys, info, bad, tr = loop(*rest) if fh is None else loop(fh, *rest)
     st = info.tolist()  # one conversion, not one NumPy scalar per entry
     status = int(st[0])
     stats = {"nfev": int(st[2]), "n_steps": int(st[3]), "n_accepted": int(st[4]),
