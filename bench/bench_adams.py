@@ -266,10 +266,14 @@ def main(argv=None):
         "LSODA's at fewer evaluations, part of the saving is bought with accuracy. dopri5 is "
         "the most accurate of the three at equal tolerance on these problems and the costliest.\n"
         "- **Time.** SciPy's `solve_ivp` LSODA runs a Python step loop around the Fortran "
-        "code, so it slows down more than the compiled solvers when the machine is loaded; the "
-        "speed ratio against it depends on the load (on this shared 2-core machine the same "
-        "comparison measured 36x to 130x over the session). `scipy.integrate.odeint` keeps the "
-        "loop in Fortran and is the fairer speed peer.\n")
+        "code, so it slows down more than the compiled solvers when the machine is loaded: "
+        "its median grows far more than its minimum (e.g. 7 ms against 3 ms on a loaded "
+        "2-core machine), which is why the ratios are taken from the minima, each solver's "
+        "least-disturbed run (an earlier version of this script used medians and measured "
+        "36x to 130x over one session). `scipy.integrate.odeint` keeps the loop in Fortran "
+        "and is the fairer speed peer.\n"
+        "- **Field form.** The in-place field `f(t, y, out, mu)` writes dy/dt into the "
+        "loop's array; the returning one allocates an array per evaluation.\n")
     parts.append(notes)
     print(notes)
     if not args.quick:
