@@ -14,7 +14,7 @@ from nodeform.ode.errors import SolverArgumentError
 
 __all__ = ["run_adams"]
 
-# (f, args_key(args), specialize) -> (loop, handle or None, Gauss nodes, weights)
+# (f, args_key(args), specialize) -> (loop, its f argument or None, Gauss nodes, weights)
 _PLANS = {}
 
 
@@ -29,14 +29,15 @@ def _plan(f, args, t_arr, y0, specialize, memo=True):
     inplace = is_inplace(f, args)  # f(t, y, out, *args) writes dy/dt into out
     jitted = hasattr(f, "get_compile_result")
     fh = field_handle(f, args, inplace) if jitted and not specialize else None
-    if fh is None:
-        if jitted:
-            check_field(f, args, t_arr[0], y0, inplace)
-        loop = nb.with_field(f)
-    else:
-        loop = nb.solve_adams
+    if fh is not None:
+        loop, f_arg = nb.solve_adams, fh
+    elif jitted:
+        check_field(f, args, t_arr[0], y0, inplace)
+        loop, f_arg = nb.with_field(f), None
+    else:  # NUMBA_DISABLE_JIT=1 (engine="numba" as Python, for debugging): f as it is
+        loop, f_arg = nb.solve_adams, f
     x, w = nb.gauss_arrays()
-    plan = (loop, fh, x, w)
+    plan = (loop, f_arg, x, w)
     if memo:
         _PLANS[(f, args_key(args), specialize)] = plan
     return plan
@@ -90,12 +91,12 @@ def _run_numba(f, args, t_arr, y0, rtol, atol, first_step, max_steps, max_step, 
         plan = _plan(f, args, t_arr, y0, specialize)
     except TypeError:  # an unhashable argument: no memo
         plan = _plan(f, args, t_arr, y0, specialize, memo=False)
-    loop, fh, x, w = plan
+    loop, f_arg, x, w = plan
     rest = (args, t_arr, y0, rtol if type(rtol) is float else float(rtol),
             atol if type(atol) is float else float(atol),
             -1.0 if first_step is None else float(first_step), float(max_step),
             int(max_steps), int(max_order), bool(trace), x, w)
-    ys, info, bad, tr = loop(*rest) if fh is None else loop(fh, *rest)
+    ys, info, bad, tr = loop(*rest) if f_arg is None else loop(f_arg, *rest)
     st = info.tolist()  # one conversion, not one NumPy scalar per entry
     status = int(st[0])
     stats = {"nfev": int(st[2]), "n_steps": int(st[3]), "n_accepted": int(st[4]),
