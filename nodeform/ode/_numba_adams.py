@@ -64,6 +64,9 @@ _N_COEF = 7
 
 
 _GAUSS = []  # the arrays, built on first use (no work at import time)
+if _ref.GAUSS_NODES != 7:  # _step_coefficients names the seven nodes one by one
+    raise ImportError(f"nodeform.ode.adams.GAUSS_NODES = {_ref.GAUSS_NODES}, but the compiled "
+                      "Adams loop's _step_coefficients is written for 7 nodes; update both.")
 
 
 def gauss_arrays():
@@ -82,7 +85,8 @@ def _coefficients(alpha, J, s, x, w, g, pv, wv):
     round): each node's product and each g[j]'s sum see the same operations in the same
     order, so the numbers are identical, but the nodes' products no longer form one long
     chain of dependent multiplications (about 2x faster per step). ``pv``, ``wv``:
-    scratch of the nodes' size.
+    scratch of the nodes' size. Used for dense output; the step itself (s = 1) uses
+    :func:`_step_coefficients`.
     """
     nq = x.shape[0]
     acc = 0.0
