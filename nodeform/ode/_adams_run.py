@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from nodeform.ode import errors as _st
-from nodeform.ode._fnptr import args_key, check_field, field_handle, is_inplace
+from nodeform.ode._fnptr import (args_key, check_field, field_handle, install_compile_log,
+                                 is_inplace)
 from nodeform.ode.adams import MAX_ORDER, integrate_adams
 from nodeform.ode.errors import SolverArgumentError
 
@@ -33,6 +34,7 @@ def _plan(f, args, t_arr, y0, specialize, memo=True):
         loop, f_arg = nb.solve_adams, fh
     elif jitted:
         check_field(f, args, t_arr[0], y0, inplace)
+        install_compile_log()  # this loop compiles in every process: say so
         loop, f_arg = nb.with_field(f), None
     else:  # NUMBA_DISABLE_JIT=1 (engine="numba" as Python, for debugging): f as it is
         loop, f_arg = nb.solve_adams, f

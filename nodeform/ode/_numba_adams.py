@@ -539,7 +539,8 @@ def with_field(f):
             _BODY.append(njit(error_model="numpy")(solve_adams.py_func))
         src = (f"def solve_adams_with_field({_PARAMS}):\n"
                f"    return BODY(FIELD, {_PARAMS})\n")
-        namespace = {"BODY": _BODY[0], "FIELD": f}
+        # __name__: the compile log then names this module, not "your njit function"
+        namespace = {"BODY": _BODY[0], "FIELD": f, "__name__": __name__}
         exec(compile(src, "<nodeform solve_adams with a field compiled in>", "exec"), namespace)
         fn = njit(error_model="numpy")(namespace["solve_adams_with_field"])
         _WITH_FIELD[f] = fn
