@@ -3,16 +3,31 @@
 Same algorithm, same constants and the same floating-point operations in the same order
 as the reference :func:`~nodeform.ode.adams.integrate_adams` (weighted sums left to
 right over the differences, the coefficients by the same quadrature), so the two
-engines take the same steps and orders and agree to round-off; only the RMS norms sum
-in another order (last-bit differences). NumPy float64 only, 1-D state; the
-differences live in preallocated ``(MAX_ORDER + 2, n)`` arrays; failures come back as
-a status code (:mod:`nodeform.ode.errors`) that the Python side turns into the same
-error the reference raises.
+engines take the same steps and orders and agree to round-off; only the RMS norms
+differ, in the last bit: they sum in another order for long states, and take the mean
+as a product with 1/n (exact for n a power of 2). NumPy float64 only, 1-D state; failures come
+back as a status code (:mod:`nodeform.ode.errors`) that the Python side turns into the
+same error the reference raises.
 
-The vector field ``f(t, y, *args)`` arrives as a function-pointer handle
-(:mod:`nodeform.ode._fnptr`), so the loop is compiled once per type of ``args`` and
-loaded from Numba's disk cache in later processes; a field that cannot be called
-through a pointer is passed as the dispatcher itself (recompiled per process).
+The vector field arrives as a function-pointer handle (:mod:`nodeform.ode._fnptr`), so
+the loop is compiled once per type of ``args`` and loaded from Numba's disk cache in
+later processes; a field that cannot be called through a pointer (or ``specialize=True``)
+is passed as the dispatcher itself (the loop is then recompiled per process). Both forms
+of field work: ``f(t, y, *args) -> dy`` and the in-place ``f(t, y, out, *args)``, which
+writes straight into the loop's arrays (no allocation per evaluation).
+
+What one step costs, and why the loop is laid out as it is (issue 13). A step is one
+long chain of dependent operations (geometry, coefficients, prediction, f, corrector,
+norm, f, differences, step proposal), so the loop shortens the chain rather than the
+operation count: all arrays are allocated once per solve and no array view is made
+inside the loop (each costs reference-count updates); the differences move on in place;
+the divisions of the step geometry are independent of each other (beta's running
+product is a chain of multiplications only); the quadrature's seven running products
+live in registers; the prediction and the corrector's sum share one pass over the
+differences, and the three error norms are summed in the corrector's pass; 1/n is
+formed once; the order k + 1 estimate is computed only when that order is a candidate;
+the field is called without an intermediate function (an in-place field writes straight
+into the loop's array); the error model is NumPy's (no divisor here can be zero).
 
 Debug with ``NUMBA_DISABLE_JIT=1`` (the same code runs as Python).
 """
@@ -21,10 +36,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from nodeform.ode import adams as _ref
-from nodeform.ode._fnptr import field_function
+from nodeform.ode._fnptr import field_function, is_inplace
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
 
@@ -39,9 +55,18 @@ NONFINITE_SHRINK = _ref.NONFINITE_SHRINK
 TINY = _ref.TINY
 UNDERFLOW_ULPS = 10.0
 EPS = 2.220446049250313e-16  # float64 machine epsilon
+# rows of the scratch array W (each of the state's length), allocated once per solve
+_Y, _Y_NEW, _P, _FV, _PHIK, _SCALE = 0, 1, 2, 3, 4, 5
+_N_SCRATCH = 6
+# rows of the coefficient array C (each of length MAX_ORDER + 3)
+_TS, _ALPHA, _BETA, _RATIO, _G, _GS, _CW = 0, 1, 2, 3, 4, 5, 6
+_N_COEF = 7
 
 
 _GAUSS = []  # the arrays, built on first use (no work at import time)
+if _ref.GAUSS_NODES != 7:  # _step_coefficients names the seven nodes one by one
+    raise ImportError(f"nodeform.ode.adams.GAUSS_NODES = {_ref.GAUSS_NODES}, but the compiled "
+                      "Adams loop's _step_coefficients is written for 7 nodes; update both.")
 
 
 def gauss_arrays():
@@ -52,7 +77,7 @@ def gauss_arrays():
     return _GAUSS[0]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _coefficients(alpha, J, s, x, w, g, pv, wv):
     """g[j] = int_0^s P_j for j <= J (as adams.integration_coefficients).
 
@@ -60,7 +85,8 @@ def _coefficients(alpha, J, s, x, w, g, pv, wv):
     round): each node's product and each g[j]'s sum see the same operations in the same
     order, so the numbers are identical, but the nodes' products no longer form one long
     chain of dependent multiplications (about 2x faster per step). ``pv``, ``wv``:
-    scratch of the nodes' size.
+    scratch of the nodes' size. Used for dense output; the step itself (s = 1) uses
+    :func:`_step_coefficients`.
     """
     nq = x.shape[0]
     acc = 0.0
@@ -80,22 +106,40 @@ def _coefficients(alpha, J, s, x, w, g, pv, wv):
                 pv[m] *= 1.0 - aj * (1.0 - s * x[m])
 
 
-@njit(cache=True)
-def _srms(v, scale):
-    acc = 0.0
-    n = v.shape[0]
-    for m in range(n):
-        x = v[m] / scale[m]
-        acc += x * x
-    return math.sqrt(acc / n) if n > 0 else 0.0
+@njit(cache=True, inline="always", error_model="numpy")
+def _step_coefficients(alpha, J, x, om, w, g0, g):
+    """g[j] = int_0^1 P_j for j <= J: :func:`_coefficients` at s = 1, the same numbers.
+
+    Each node's running product and weight live in registers (seven named scalars:
+    ``GAUSS_NODES`` = 7): the products of one j are independent of each other and of
+    the sums, so the chain per j is one multiplication. ``om`` = 1 - x and ``g0`` =
+    sum(w) (summed left to right from 0.0) are the step-independent parts.
+    """
+    x0, x1, x2, x3, x4, x5, x6 = x[0], x[1], x[2], x[3], x[4], x[5], x[6]
+    w0, w1, w2, w3, w4, w5, w6 = w[0], w[1], w[2], w[3], w[4], w[5], w[6]
+    o0, o1, o2, o3, o4, o5, o6 = om[0], om[1], om[2], om[3], om[4], om[5], om[6]
+    p0, p1, p2, p3, p4, p5, p6 = x0, x1, x2, x3, x4, x5, x6
+    g[0] = g0
+    for j in range(1, J + 1):
+        g[j] = (0.0 + w0 * p0 + w1 * p1 + w2 * p2 + w3 * p3 + w4 * p4 + w5 * p5
+                + w6 * p6)
+        if j < J:
+            aj = alpha[j]
+            p0 *= 1.0 - aj * o0
+            p1 *= 1.0 - aj * o1
+            p2 *= 1.0 - aj * o2
+            p3 *= 1.0 - aj * o3
+            p4 *= 1.0 - aj * o4
+            p5 *= 1.0 - aj * o5
+            p6 *= 1.0 - aj * o6
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _proposal(est, j, bias):
     return 1.0 / (bias * est ** (1.0 / (j + 1)) + TINY)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
 def _select(k, erk, erk_down, erk_down2, erk_up, n_same, phase1, max_order, q):
     if phase1 and k < max_order and k < q and not (k >= 2 and erk_down <= erk):
         return k + 1, min(MAX_GROWTH, max(1.0, _proposal(erk, k, BIAS_SAME)))
@@ -114,7 +158,7 @@ def _select(k, erk, erk_down, erk_down2, erk_up, n_same, phase1, max_order, q):
     return best_k, min(MAX_GROWTH, max(MIN_SHRINK, best))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _all_finite(x):
     for i in range(x.shape[0]):
         if not np.isfinite(x[i]):
@@ -122,14 +166,50 @@ def _all_finite(x):
     return True
 
 
-@njit(cache=True)
+def _call_into(f, t, y, args, out):
+    """out = f(t, y, *args); an in-place field ``f(t, y, out, *args)`` writes ``out`` itself.
+
+    Returns False when a returning field gave an array of another length than ``out``.
+    (Python version, for ``NUMBA_DISABLE_JIT=1``; the compiled one picks the form by type.)
+    """
+    if is_inplace(f, args):
+        f(t, y, out, *args)
+        return True
+    r = f(t, y, *args)
+    if r.shape[0] != out.shape[0]:
+        return False
+    out[:] = r
+    return True
+
+
+@overload(_call_into, inline="always", jit_options={"cache": True})
+def _call_into_impl(f, t, y, args, out):
+    if ((isinstance(f, types.FunctionType) and f.signature.return_type == types.none)
+            or (isinstance(f, types.Dispatcher) and is_inplace(f.dispatcher, args.types))):
+        def impl(f, t, y, args, out):
+            f(t, y, out, *args)
+            return True
+        return impl
+
+    def impl_returning(f, t, y, args, out):
+        r = f(t, y, *args)
+        if r.shape[0] != out.shape[0]:
+            return False
+        for m in range(out.shape[0]):
+            out[m] = r[m]
+        return True
+    return impl_returning
+
+
+@njit(cache=True, error_model="numpy")
 def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps, max_order,
                 trace, gx, gw):
     """Compiled twin of :func:`nodeform.ode.adams.integrate_adams`.
 
     Parameters
     ----------
-    f : njit function ``f(t, y, *args) -> ndarray, shape (n,)``, or its handle
+    f : njit field ``f(t, y, *args) -> ndarray, shape (n,)`` or ``f(t, y, out, *args)``
+        (in place), or its handle (:func:`nodeform.ode._fnptr.field_handle`)
     args : tuple
     t_out : ndarray, shape (n_out,)
     y0 : ndarray, shape (n,)
@@ -161,21 +241,37 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
     if n_out == 1:
         return ys, info, -1, tr
     cap = max_order + 2
-    phi = np.empty((cap, n))
-    new = np.empty((cap, n))
-    ts_hist = np.empty(cap)
-    alpha = np.empty(cap + 1)
-    beta = np.empty(cap + 1)
-    g = np.empty(cap + 1)
-    gs = np.empty(cap + 1)
-    pv = np.empty(gx.shape[0])
-    wv = np.empty(gx.shape[0])
-    y = y0.copy()
-    y_new = np.empty(n)
-    p = np.empty(n)
-    phik = np.empty(n)
-    scale = np.empty(n)
-    acc = np.empty(n)
+    phi = np.empty((cap, n))      # Phi_j(n), updated in place after each accepted step
+    W = np.empty((_N_SCRATCH, n))
+    y = W[_Y]                     # y_n
+    y_new = W[_Y_NEW]             # y_{n+1}
+    p = W[_P]                     # the prediction
+    fv = W[_FV]                   # f at the prediction, then at y_{n+1}
+    phik = W[_PHIK]               # Phi^p_k
+    scale = W[_SCALE]
+    f0 = phi[0]
+    # the per-step coefficient vectors: rows of one array (one allocation)
+    C = np.empty((_N_COEF, cap + 1))
+    ts_hist = C[_TS]
+    alpha = C[_ALPHA]
+    beta = C[_BETA]
+    ratio = C[_RATIO]
+    g = C[_G]
+    gs = C[_GS]
+    cw = C[_CW]
+    nq = gx.shape[0]
+    Q = np.empty((3, nq))         # quadrature scratch, and 1 - x (step-independent)
+    pv = Q[0]
+    wv = Q[1]
+    gom = Q[2]
+    g0 = 0.0
+    for m in range(nq):
+        gom[m] = 1.0 - gx[m]
+        g0 += gw[m]
+    for m in range(n):
+        y[m] = y0[m]
+    # 1/n for the RMS norms: a product with it is off the step's chain (a division is not)
+    inv_n = 1.0 / n if n > 0 else 0.0
     t0 = t_out[0]
     t_end = t_out[n_out - 1]
     direction = 1.0 if t_end > t0 else -1.0
@@ -185,14 +281,12 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
     n_acc = 0
     n_rej = 0
     t = t0
-    out = f(t, y, *args)
+    ok = _call_into(f, t, y, args, f0)
     nfev += 1
-    if out.shape[0] != n:
+    if not ok:
         info[0] = ST_BAD_SHAPE
         return ys, info, -1, tr
-    for m in range(n):
-        phi[0, m] = out[m]
-    if not (_all_finite(phi[0]) and _all_finite(y)):
+    if not (_all_finite(f0) and _all_finite(y)):
         info[0] = ST_NONFINITE_START
         info[2] = nfev
         info[6] = t
@@ -204,22 +298,22 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
         for m in range(n):
             sc = atol + abs(y[m]) * rtol
             d0 += (y[m] / sc) ** 2
-            d1 += (phi[0, m] / sc) ** 2
+            d1 += (f0[m] / sc) ** 2
         d0 = math.sqrt(d0 / n) if n else 0.0
         d1 = math.sqrt(d1 / n) if n else 0.0
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
         h0 = min(h0, span)
         for m in range(n):
-            p[m] = y[m] + phi[0, m] * (direction * h0)
-        out = f(t + direction * h0, p, *args)
+            p[m] = y[m] + f0[m] * (direction * h0)
+        ok = _call_into(f, t + direction * h0, p, args, fv)
         nfev += 1
-        if out.shape[0] != n:
+        if not ok:
             info[0] = ST_BAD_SHAPE
             return ys, info, -1, tr
         d2 = 0.0
         for m in range(n):
             sc = atol + abs(y[m]) * rtol
-            d2 += ((out[m] - phi[0, m]) / sc) ** 2
+            d2 += ((fv[m] - f0[m]) / sc) ** 2
         d2 = (math.sqrt(d2 / n) if n else 0.0) / h0
         if not np.isfinite(d2):
             d2 = 0.0
@@ -259,43 +353,64 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
         jmax = min(q - 1, k)
         alpha[0] = 1.0
         beta[0] = 1.0
+        # the divisions are independent (one vectorized loop); the running product of
+        # beta is a chain of multiplications only
         for j in range(1, jmax + 1):
-            psi_prev = t_new - ts_hist[j - 1]
-            beta[j] = beta[j - 1] * psi_prev / (t - ts_hist[j])
             alpha[j] = h / (t_new - ts_hist[j])
-        _coefficients(alpha, jmax + 1, 1.0, gx, gw, g, pv, wv)
+            ratio[j] = (t_new - ts_hist[j - 1]) / (t - ts_hist[j])
+        for j in range(1, jmax + 1):
+            beta[j] = beta[j - 1] * ratio[j]
+        _step_coefficients(alpha, jmax + 1, gx, gom, gw, g0, g)
         # ---- P, E, C
+        for j in range(k):
+            cw[j] = h * g[j] * beta[j]
+        # one pass over the differences: the prediction p = y + sum_j h g_j Phi*_j, and
+        # sum_j Phi*_j (kept in phik until the corrector needs it)
         for m in range(n):
-            a = phi[0, m] * (h * g[0] * beta[0])
+            a = phi[0, m] * cw[0]
+            b = phi[0, m] * beta[0]
             for j in range(1, k):
-                a = a + phi[j, m] * (h * g[j] * beta[j])
+                a = a + phi[j, m] * cw[j]
+                b = b + phi[j, m] * beta[j]
             p[m] = y[m] + a
-        out = f(t_new, p, *args)
+            phik[m] = b
+        ok = _call_into(f, t_new, p, args, fv)
         nfev += 1
         n_steps += 1
-        if out.shape[0] != n:
+        if not ok:
             status = ST_BAD_SHAPE
             break
+        hgk = h * g[k]
+        # the corrector, and the squared scaled norms of the order-k, k-1 and k-2 estimates
+        # in the same pass (Phi^p_{j-1} = Phi^p_j + Phi*_{j-1}: one axpy each)
+        b1 = beta[k - 1] if k >= 2 else 0.0
+        b2 = beta[k - 2] if k >= 3 else 0.0
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
         for m in range(n):
-            a = phi[0, m] * beta[0]
-            for j in range(1, k):
-                a = a + phi[j, m] * beta[j]
-            phik[m] = out[m] - a
-            y_new[m] = p[m] + phik[m] * (h * g[k])
-            scale[m] = atol + rtol * max(abs(y[m]), abs(y_new[m]))
-        erk = abs(h * (g[k] - g[k - 1])) * _srms(phik, scale)
+            pk = fv[m] - phik[m]
+            phik[m] = pk
+            yn = p[m] + pk * hgk
+            y_new[m] = yn
+            sc = atol + rtol * max(abs(y[m]), abs(yn))
+            scale[m] = sc
+            x = pk / sc
+            s0 += x * x
+            if k >= 2:
+                a1 = pk + phi[k - 1, m] * b1
+                x = a1 / sc
+                s1 += x * x
+                if k >= 3:
+                    x = (a1 + phi[k - 2, m] * b2) / sc
+                    s2 += x * x
+        erk = abs(h * (g[k] - g[k - 1])) * math.sqrt(s0 * inv_n)
         erk_down = np.inf
         erk_down2 = np.inf
         if k >= 2:
-            b1 = beta[k - 1]
-            for m in range(n):
-                acc[m] = phik[m] + phi[k - 1, m] * b1
-            erk_down = abs(h * (g[k - 1] - g[k - 2])) * _srms(acc, scale)
+            erk_down = abs(h * (g[k - 1] - g[k - 2])) * math.sqrt(s1 * inv_n)
             if k >= 3:
-                b2 = beta[k - 2]
-                for m in range(n):
-                    acc[m] = acc[m] + phi[k - 2, m] * b2
-                erk_down2 = abs(h * (g[k - 2] - g[k - 3])) * _srms(acc, scale)
+                erk_down2 = abs(h * (g[k - 2] - g[k - 3])) * math.sqrt(s2 * inv_n)
         finite = np.isfinite(erk)
         accepted = finite and erk <= 1.0
         if trace:
@@ -336,11 +451,14 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
             else:
                 s = (t_out[kk] - t) / h
                 _coefficients(alpha, k, s, gx, gw, gs, pv, wv)
+                for j in range(k):
+                    cw[j] = h * gs[j] * beta[j]
+                hgs = h * gs[k]
                 for m in range(n):
-                    a = phi[0, m] * (h * gs[0] * beta[0])
+                    a = phi[0, m] * cw[0]
                     for j in range(1, k):
-                        a = a + phi[j, m] * (h * gs[j] * beta[j])
-                    ys[kk, m] = y[m] + a + phik[m] * (h * gs[k])
+                        a = a + phi[j, m] * cw[j]
+                    ys[kk, m] = y[m] + a + phik[m] * hgs
             kk += 1
         n_acc += 1
         n_fail = 0
@@ -350,25 +468,35 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
         ts_hist[0] = t_new
         nts = min(nts + 1, cap)
         t = t_new
-        y, y_new = y_new, y
+        for m in range(n):
+            y[m] = y_new[m]
         if kk >= n_out:
             break
-        # ---- E: the derivative at the accepted point, and the new differences
-        out = f(t, y, *args)
+        # ---- E: the derivative at the accepted point; the differences move on in place:
+        # Phi_0(n+1) = f_{n+1}, Phi_{j+1}(n+1) = Phi_j(n+1) - beta_j Phi_j(n)
+        ok = _call_into(f, t, y, args, fv)
         nfev += 1
-        if out.shape[0] != n:
+        if not ok:
             status = ST_BAD_SHAPE
             break
+        # the order k + 1 is a candidate only after k + 1 steps at order k (see _select):
+        # otherwise its estimate is not needed, and its norm stays off the step's chain
+        want_up = q >= k + 1 and k < max_order and n_same >= k + 1
+        s_up = 0.0
         for m in range(n):
-            new[0, m] = out[m]
-        for j in range(jmax + 1):
-            for m in range(n):
-                new[j + 1, m] = new[j, m] - phi[j, m] * beta[j]
+            cur = fv[m]
+            for j in range(jmax + 1):
+                old = phi[j, m]
+                phi[j, m] = cur
+                cur = cur - old * beta[j]
+            phi[jmax + 1, m] = cur
+            if want_up:
+                x = phi[k + 1, m] / scale[m]
+                s_up += x * x
         erk_up = np.inf
-        if q >= k + 1 and k < max_order:
-            erk_up = abs(h * (g[k + 1] - g[k])) * _srms(new[k + 1], scale)
+        if want_up:
+            erk_up = abs(h * (g[k + 1] - g[k])) * math.sqrt(s_up * inv_n)
         q = min(jmax + 2, cap)
-        phi, new = new, phi
         k_new, factor = _select(k, erk, erk_down, erk_down2, erk_up, n_same, phase1, max_order,
                                 q)
         if phase1 and (k_new <= k or factor < MAX_GROWTH):
@@ -385,3 +513,35 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
     info[6] = t
     info[7] = h
     return ys, info, bad_stage, tr
+
+
+# ----------------------------------------------------------------------------- field compiled in
+_WITH_FIELD = {}  # f -> solve_adams with f compiled in (this process only)
+_BODY = []        # solve_adams without the disk cache, specialized per field by Numba
+#: solve_adams's parameters after ``f``, as the wrapper spells them.
+_PARAMS = ("args, t_out, y0, rtol, atol, first_step, max_step, max_steps, max_order, trace, "
+           "gx, gw")
+
+
+def with_field(f):
+    """:func:`solve_adams` with the njit field ``f`` compiled in; called without ``f``.
+
+    For ``specialize=True`` and for fields that have no function-pointer handle. ``f`` is
+    a global of a small generated wrapper, not an argument: Numba would type a dispatcher
+    argument in Python on every call (about 10 µs, a sixth of a Van der Pol solve),
+    while the other arguments it types in C. The loop is compiled once per field and
+    process and never goes to the disk cache (its key would name the dispatcher by
+    address, and another field could land on the same address in a later process).
+    """
+    fn = _WITH_FIELD.get(f)
+    if fn is None:
+        if not _BODY:
+            _BODY.append(njit(error_model="numpy")(solve_adams.py_func))
+        src = (f"def solve_adams_with_field({_PARAMS}):\n"
+               f"    return BODY(FIELD, {_PARAMS})\n")
+        # __name__: the compile log then names this module, not "your njit function"
+        namespace = {"BODY": _BODY[0], "FIELD": f, "__name__": __name__}
+        exec(compile(src, "<nodeform solve_adams with a field compiled in>", "exec"), namespace)
+        fn = njit(error_model="numpy")(namespace["solve_adams_with_field"])
+        _WITH_FIELD[f] = fn
+    return fn

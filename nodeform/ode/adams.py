@@ -169,7 +169,10 @@ def _geometry(t, t_new, ts_hist, jmax):
     beta = [1.0]
     for j in range(1, jmax + 1):
         psi_prev = t_new - ts_hist[j - 1]            # psi_{j-1}(n)
-        beta.append(beta[j - 1] * psi_prev / (t - ts_hist[j]))
+        # beta_j = beta_{j-1} psi_{j-1}(n) / psi_{j-1}(n-1), the ratio formed first: the
+        # divisions are then independent of each other (the compiled twin computes them
+        # side by side; the same numbers here)
+        beta.append(beta[j - 1] * (psi_prev / (t - ts_hist[j])))
         alpha.append(h / (t_new - ts_hist[j]))       # h / psi_j(n)
     return alpha, beta
 

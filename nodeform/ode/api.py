@@ -479,8 +479,9 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         if tab is ADAMS:
             ys, stats, tr = run_adams(engine, f, args, t_arr, y0, rtol, atol, step_size,
                                       first_step, max_steps, max_step, trace,
-                                      controller=options.get("controller"))
-            ys = _stack(ys, xp)
+                                      controller=options.get("controller"),
+                                      specialize=bool(options.get("specialize", False)))
+            ys = ys if engine == "numba" else _stack(ys, xp)  # the Numba loop returns an array
         elif engine == "numba":
             ys, stats, tr = _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size,
                                        first_step, max_steps, max_step, controller, trace,
