@@ -66,6 +66,8 @@ def run_nodeform(args, batch, test_x):
     import nodeform as nf
     from nodeform.models import cnf
     model = cnf.PlanarCNF(width=M, hidden=H, engine=args.engine, rng=args.seed)
+    if args.init == "torch":     # torch's initial parameters for this seed (as run_torch draws them)
+        nf.nn.vector_to_parameters(torch_init(args.seed), model.parameters())
     opt = nf.optim.Adam(model.parameters(), lr=1e-3)
     stats = nf.SolveStats()
     kw = {}
@@ -89,6 +91,15 @@ def run_nodeform(args, batch, test_x):
     if args.save:
         np.savez(args.save, theta=nf.nn.parameters_to_vector(model.parameters()))
     return curve, nfe
+
+
+def torch_init(seed):
+    """The flat initial parameters torch draws for :func:`run_torch`'s model with ``seed``."""
+    import torch
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(1, H), torch.nn.Linear(H, H), torch.nn.Linear(H, 3 * M * 2 + M)]
+    return np.concatenate([p.detach().double().numpy().ravel() for lay in layers
+                           for p in (lay.weight, lay.bias)])
 
 
 def run_torch(args, batch, test_x):
@@ -154,6 +165,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--gen", choices=("toy2d", "sklearn"), default="toy2d")
+    ap.add_argument("--init", choices=("nodeform", "torch"), default="nodeform",
+                    help="nodeform only: start from torch's initial parameters for --seed")
     ap.add_argument("--adjoint-norm", choices=("rms", "parts"), default="rms")
     ap.add_argument("--adjoint-tol", type=float, default=None)
     ap.add_argument("--out", default="runs/cnf_seeds.jsonl")
