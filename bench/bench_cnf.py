@@ -44,6 +44,17 @@ from nodeform.models import cnf  # noqa: E402
 M, H, BATCH = 64, 32, 512
 
 
+def median_cpu(fn, repeats):
+    """Median CPU time (this process, all threads) of ``repeats`` calls of ``fn``: on a
+    machine shared with other jobs it counts the work done, not the waiting for a core."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def batches(name, n, seed=0):
     return [toy2d.sample(name, BATCH, seed + i, angles="even") for i in range(n)]   # as the anchor
 
@@ -150,6 +161,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--skip-autodiff", action="store_true")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time (default) or this process's CPU time per iteration (a "
+                         "loaded machine inflates wall time; CPU time much less)")
     ap.add_argument("--torch", default="float32:1,float32:2,float64:1",
                     help="torch rows as dtype:threads, comma-separated ('' for none); on a "
                          "loaded machine 2 threads can take minutes an iteration")
@@ -162,9 +176,10 @@ def main(argv=None):
         theta0 = nf.nn.parameters_to_vector(cnf.PlanarCNF(width=M, hidden=H, rng=0).parameters())
         origin = "initial parameters (seed 0)"
     data = batches(args.data, args.warmup + args.repeats)
+    timer = median_time if args.clock == "wall" else median_cpu
     print(f"planar CNF, {args.data}, M={M}, H={H}, batch {BATCH}, t 10->0, dopri5 "
           f"rtol=atol={cnf.RTOL:g}, closed-form trace, continuous adjoint, Adam; {origin}")
-    print(f"{'implementation':40s} {'s / iteration':>14s} {'NFE fwd/bwd per it':>20s} {'loss':>9s}")
+    print(f"{'implementation':40s} {args.clock + ' s / it':>14s} {'NFE fwd/bwd per it':>20s} {'loss':>9s}")
     rows = []
     engines = [("numpy", "closed"), ("numba", "closed")]
     engines += [] if args.skip_autodiff else [("autodiff", "closed"), ("autodiff", "exact")]
@@ -176,7 +191,7 @@ def main(argv=None):
         warm = time.perf_counter() - t0
         stats.reset()
         losses = []
-        sec = median_time(lambda: losses.append(step()), args.repeats)
+        sec = timer(lambda: losses.append(step()), args.repeats)
         nfe = f"{stats.nfe_forward / args.repeats:.0f} / {stats.nfe_backward / args.repeats:.0f}"
         label = f"nodeform {engine}, {trace} trace (float64)"
         print(f"{label:40s} {sec:14.4f} {nfe:>20s} {np.mean(losses):9.4f}"
@@ -195,7 +210,7 @@ def main(argv=None):
                 step()
             nfe["f"] = 0
             losses = []
-            sec = median_time(lambda: losses.append(step()), args.repeats)
+            sec = timer(lambda: losses.append(step()), args.repeats)
             label = f"torch + torchdiffeq adjoint ({dt}, {threads} thr)"
             print(f"{label:40s} {sec:14.4f} {'%.0f (fwd+bwd)' % (nfe['f'] / args.repeats):>20s} "
                   f"{np.mean(losses):9.4f}")
