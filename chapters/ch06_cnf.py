@@ -430,7 +430,7 @@ for name in DATA:
 # with the PyTorch + torchdiffeq run of the same setup in PERF-NOTES (float32; test NLL
 # after 1,000 steps 0.836 circles, 0.438 moons). What decides the circles is how the
 # training batches are drawn. The anchor draws them with scikit-learn, evenly spaced
-# angles: a stratified sample, whose likelihood gradient is much less noisy than that of
+# angles: a stratified sample, whose likelihood gradient should be less noisy than that of
 # i.i.d. points. Trained on i.i.d. batches, four seeds of this setup ended at 0.86-0.94
 # nats; on evenly spaced ones, the same four at 0.842-0.848, eight at 0.836-0.863
 # (`python bench/_cnf_seeds.py`, results in bench/RESULTS-cnf.md). The rest is the draw of
