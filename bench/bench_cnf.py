@@ -44,8 +44,19 @@ from nodeform.models import cnf  # noqa: E402
 M, H, BATCH = 64, 32, 512
 
 
+def median_cpu(fn, repeats):
+    """Median CPU time (this process, all threads) of ``repeats`` calls of ``fn``: on a
+    machine shared with other jobs it counts the work done, not the waiting for a core."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def batches(name, n, seed=0):
-    return [toy2d.sample(name, BATCH, seed + i) for i in range(n)]
+    return [toy2d.sample(name, BATCH, seed + i, angles="even") for i in range(n)]   # as the anchor
 
 
 # ----------------------------------------------------------------------------- nodeform
@@ -150,6 +161,12 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--skip-autodiff", action="store_true")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time (default) or this process's CPU time per iteration (a "
+                         "loaded machine inflates wall time; CPU time much less)")
+    ap.add_argument("--torch", default="float32:1,float32:2,float64:1",
+                    help="torch rows as dtype:threads, comma-separated ('' for none); on a "
+                         "loaded machine 2 threads can take minutes an iteration")
     args = ap.parse_args(argv)
 
     if args.weights:
@@ -159,9 +176,10 @@ def main(argv=None):
         theta0 = nf.nn.parameters_to_vector(cnf.PlanarCNF(width=M, hidden=H, rng=0).parameters())
         origin = "initial parameters (seed 0)"
     data = batches(args.data, args.warmup + args.repeats)
+    timer = median_time if args.clock == "wall" else median_cpu
     print(f"planar CNF, {args.data}, M={M}, H={H}, batch {BATCH}, t 10->0, dopri5 "
           f"rtol=atol={cnf.RTOL:g}, closed-form trace, continuous adjoint, Adam; {origin}")
-    print(f"{'implementation':40s} {'s / iteration':>14s} {'NFE fwd/bwd per it':>20s} {'loss':>9s}")
+    print(f"{'implementation':40s} {args.clock + ' s / it':>14s} {'NFE fwd/bwd per it':>20s} {'loss':>9s}")
     rows = []
     engines = [("numpy", "closed"), ("numba", "closed")]
     engines += [] if args.skip_autodiff else [("autodiff", "closed"), ("autodiff", "exact")]
@@ -173,7 +191,7 @@ def main(argv=None):
         warm = time.perf_counter() - t0
         stats.reset()
         losses = []
-        sec = median_time(lambda: losses.append(step()), args.repeats)
+        sec = timer(lambda: losses.append(step()), args.repeats)
         nfe = f"{stats.nfe_forward / args.repeats:.0f} / {stats.nfe_backward / args.repeats:.0f}"
         label = f"nodeform {engine}, {trace} trace (float64)"
         print(f"{label:40s} {sec:14.4f} {nfe:>20s} {np.mean(losses):9.4f}"
@@ -185,19 +203,21 @@ def main(argv=None):
     except ImportError as e:
         print(f"torch + torchdiffeq skipped: {e} (pip install nodeform[bench])")
     else:
-        for dt, threads in (("float32", 1), ("float32", 2), ("float64", 1)):
+        configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.torch.split(",") if c]
+        for dt, threads in configs:
             step, nfe = torch_iteration(theta0, data, dt, threads)
             for _ in range(args.warmup):
                 step()
             nfe["f"] = 0
             losses = []
-            sec = median_time(lambda: losses.append(step()), args.repeats)
+            sec = timer(lambda: losses.append(step()), args.repeats)
             label = f"torch + torchdiffeq adjoint ({dt}, {threads} thr)"
             print(f"{label:40s} {sec:14.4f} {'%.0f (fwd+bwd)' % (nfe['f'] / args.repeats):>20s} "
                   f"{np.mean(losses):9.4f}")
             rows.append((label, sec))
-        ref = min(rows[-3][1], rows[-2][1])
-        for label, sec in rows[:len(engines)]:
+        f32 = [sec for (label, sec) in rows[len(engines):] if "float32" in label]
+        ref = min(f32) if f32 else None
+        for label, sec in rows[:len(engines)] if ref else []:
             print(f"  {label}: {ref / sec:.2f}x the speed of torch float32 (its faster thread count)")
 
 

@@ -1,4 +1,4 @@
-"""Options of the continuous adjoint: `adjoint_restart` and the seminorm of the backward solve.
+"""Options of the continuous adjoint: `adjoint_restart`, the seminorm and the per-part norm.
 
 They let the exercises of chapter 3 (ex3_2, ex3_4) change the adjoint without editing or
 monkey-patching the library.
@@ -8,7 +8,7 @@ import pytest
 
 import nodeform as nf
 from nodeform import SolverArgumentError
-from nodeform.adjoint.odeint import seminorm
+from nodeform.adjoint.odeint import parts_norm, seminorm
 
 M0 = np.array([[-1.0, 2.0], [-2.0, -1.0]])   # contracts forwards: backwards it expands
 
@@ -60,6 +60,59 @@ def test_seminorm_leaves_out_the_parameter_adjoint():
     assert np.abs(semi - ref).max() < 1e-6 * np.abs(ref).max()
     x = np.array([3.0, 4.0, 1e6, -1e6, 7.0])
     assert seminorm(2)(x) == pytest.approx(np.sqrt(12.5), rel=1e-15)
+
+
+def test_parts_norm_is_the_largest_rms_of_the_parts():
+    x = np.array([3.0, 4.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0])
+    norm = parts_norm([2, 3, 8, 0, 1])                      # the empty part is skipped
+    assert norm(x) == pytest.approx(np.sqrt(12.5), rel=1e-15)   # rms of [3, 4]; overall 1.64
+    assert parts_norm([2, 12])(x) == pytest.approx(np.sqrt(12.5), rel=1e-15)
+    assert parts_norm([14])(x) == pytest.approx(np.sqrt(np.mean(x ** 2)), rel=1e-15)
+    with pytest.raises(ValueError, match="`sizes`"):
+        parts_norm([0, 0])
+
+
+def test_parts_norm_is_not_diluted_by_a_large_idle_parameter():
+    # P (4,000 entries) has a zero adjoint, so its zero error drowns the others' in one RMS
+    # over everything: the backward solve then misses its tolerance; the per-part norm
+    # (torchdiffeq's default) does not let it.
+    rng = np.random.default_rng(0)
+    W1 = nf.Tensor(rng.standard_normal((16, 2)), requires_grad=True)
+    W2 = nf.Tensor(rng.standard_normal((2, 16)) * 0.5, requires_grad=True)
+    P = nf.Tensor(np.zeros(4000), requires_grad=True)
+    y0 = nf.Tensor(rng.standard_normal((4, 2)))
+
+    def run(rtol, **kw):
+        W1.grad = W2.grad = P.grad = None
+        stats = nf.SolveStats()
+        zs = nf.odeint(lambda t, z: nf.tanh(z @ W1.T) @ W2.T + (P * 0.0).sum(), y0, [0.0, 1.0],
+                       params=[W1, W2, P], rtol=rtol, atol=rtol * 1e-2, stats=stats, **kw)
+        (zs ** 2.0).sum().backward()
+        return np.concatenate([W1.grad.data.ravel(), W2.grad.data.ravel()]), stats
+
+    ref, _ = run(1e-10)
+    rms, s_rms = run(1e-6)
+    parts, s_parts = run(1e-6, adjoint_options=dict(norm="parts"))
+    err_rms = np.abs(rms - ref).max() / np.abs(ref).max()
+    err_parts = np.abs(parts - ref).max() / np.abs(ref).max()
+    assert s_parts.nfe_forward == s_rms.nfe_forward
+    assert s_parts.nfe_backward > 1.3 * s_rms.nfe_backward, (s_parts, s_rms)
+    assert err_parts < 1e-7 < err_rms, (err_parts, err_rms)
+
+
+def test_numpy_numba_field_takes_the_backward_norm():
+    # the planar CNF's hand-written NumPy VJP runs the reference loop: any norm is allowed
+    from nodeform.models import cnf
+    x = np.random.default_rng(1).standard_normal((16, 2)) * 0.7
+    grads = {}
+    for norm in ("rms", "parts"):
+        model = cnf.PlanarCNF(width=4, hidden=4, engine="numpy", rng=2)
+        stats = nf.SolveStats()
+        cnf.nll(model, x, stats=stats, rtol=1e-8, atol=1e-8,
+                adjoint_options=dict(norm=norm)).backward()
+        grads[norm] = nf.nn.parameters_to_vector([p.grad for p in model.parameters()]).copy()
+    scale = np.abs(grads["rms"]).max()
+    assert np.abs(grads["parts"] - grads["rms"]).max() < 1e-6 * scale
 
 
 def test_bad_adjoint_options_are_refused():

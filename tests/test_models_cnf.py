@@ -261,6 +261,23 @@ def test_samplers_are_seeded_and_on_their_curves():
     assert abs(upper.mean() - 0.5) < 0.1
 
 
+def test_even_angles_are_scikit_learns_placement():
+    c = toy2d.two_circles(10, seed=0, noise=0.0, angles="even")      # 5 on each circle
+    r = np.linalg.norm(c, axis=1)
+    np.testing.assert_allclose(np.sort(r), [0.5] * 5 + [1.0] * 5, atol=1e-15)
+    th = np.sort(np.mod(np.arctan2(c[r > 0.75, 1], c[r > 0.75, 0]), 2 * np.pi))
+    np.testing.assert_allclose(th, np.linspace(0, 2 * np.pi, 5, endpoint=False), atol=1e-12)
+    assert 0 < (r[:5] > 0.75).sum() < 5                                # shuffled
+    m = toy2d.two_moons(7, seed=0, noise=0.0, angles="even")           # 3 upper, 4 lower
+    upper = m[np.abs(np.linalg.norm(m, axis=1) - 1.0) < 1e-12]        # the unit circle at 0
+    np.testing.assert_allclose(np.sort(upper[:, 0]), [-1.0, 0.0, 1.0], atol=1e-12)  # both ends
+    assert len(upper) == 3
+    x = toy2d.sample("circles", 4000, seed=2, angles="even")
+    assert abs(np.linalg.norm(x, axis=1).mean() - 0.75) < 0.01
+    with pytest.raises(ValueError, match="`angles`"):
+        toy2d.sample("moons", 4, angles="grid")
+
+
 def test_circles_entropy_matches_the_thin_ring_formula():
     # thin rings: H = log 2 + mean_c log(L_c) + 1/2 log(2 pi e sigma^2), L_c = 2 pi r_c
     s = toy2d.CIRCLES_NOISE
