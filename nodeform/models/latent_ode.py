@@ -244,7 +244,7 @@ class LatentODE(Module):
         rows = np.arange(len(idx))[:, None]
         t_obs = np.asarray(t)[idx]
         gaps = previous_gaps(t_obs, valid, t0)
-        x = np.asarray(x.data if isinstance(x, Tensor) else x)
+        x = np.asarray(x.data if isinstance(x, Tensor) else x, dtype=self.theta.dtype)
         return self.encoder(Tensor(x[rows, idx]), gaps, valid)
 
     # -------------------------------------------------------------- the loss
@@ -270,17 +270,25 @@ class LatentODE(Module):
         info : dict
             ``nll`` and ``kl`` (per sequence, batch means, floats).
         """
-        x = np.asarray(x)
-        mu, logvar = self.posterior(x, t, mask, t0)
+        x = np.asarray(x, dtype=self.theta.dtype)
+        idx, valid = compact(mask)
+        rows = np.arange(len(idx))[:, None]
+        x_obs = x[rows, idx]                                                # (N, K, D)
+        mu, logvar = self.encoder(Tensor(x_obs), previous_gaps(np.asarray(t)[idx], valid, t0), valid)
         eps = rng.standard_normal(mu.shape).astype(mu.dtype)
         z0 = mu + F.exp(0.5 * logvar) * Tensor(eps)                # reparameterized sample
-        cols, t_u, m_u = union_grid(t, mask)
+        cols, t_u, _ = union_grid(t, mask)
         zs = self.trajectories(z0, t_u, t0, grad=grad, solver=solver, stats=stats)   # (T_u, N, L): one solve
-        xhat = F.swapaxes(self.decode(zs), 0, 1)                       # (N, T_u, D)
+        # decode only the (time, sequence) pairs observed: K of the T_u rows per sequence
+        # (at n = 30 of 100 that is 30% of the decoder's work of decoding all of them)
+        z_obs = zs[np.searchsorted(cols, idx), rows]                         # (N, K, L)
+        xhat = self.decode(z_obs)                                            # (N, K, D)
         logvar_x = 2.0 * math.log(self.obs_std)
-        nll = gaussian_nll(Tensor(x[:, cols]), xhat, logvar_x, reduction="none")
-        nll = (nll * Tensor(m_u[..., None].astype(x.dtype))).sum(axis=(1, 2))   # (N,)
-        kl = kl_diag_gaussians(mu, logvar, reduction="none")                     # (N,)
+        nll = gaussian_nll(Tensor(x_obs), xhat, logvar_x, reduction="none")
+        if not valid.all():                                                  # padding of short rows
+            nll = nll * Tensor(valid[..., None].astype(x.dtype))
+        nll = nll.sum(axis=(1, 2))                                           # (N,)
+        kl = kl_diag_gaussians(mu, logvar, reduction="none")                 # (N,)
         loss = (nll + kl_weight * kl).mean()
         return loss, {"nll": float(nll.data.mean()), "kl": float(kl.data.mean())}
 
