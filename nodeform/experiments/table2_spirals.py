@@ -46,7 +46,7 @@ class _Run:
         step = D["t"][1] - D["t"][0]
         obs_std = p.obs_std or D["obs_std"]
         if kind == "latent_ode":
-            self.model = LatentODE(obs_std=obs_std, dt_scale=step, rng=p.seed)
+            self.model = LatentODE(obs_std=obs_std, dt_scale=step, rng=p.seed, dtype=np.dtype(p.ode_dtype))
             self.rng = np.random.default_rng([p.seed, 1])      # as train_latent_ode
         else:
             self.model = RNNBaseline(time_input=kind == "rnn_dt", obs_std=obs_std, dt_scale=step,
@@ -121,10 +121,11 @@ def main(argv=None):
     ap.add_argument("--n", type=int, nargs="+", default=[30, 50, 100])
     ap.add_argument("--milestones", type=int, nargs="+", default=list(MILESTONES))
     ap.add_argument("--lr", type=float, default=Protocol.lr)
+    ap.add_argument("--ode-dtype", choices=("float64", "float32"), default=Protocol.ode_dtype)
     ap.add_argument("--out", default="runs/table2")
     ap.add_argument("--log-every", type=int, default=50)
     a = ap.parse_args(argv)
-    p = Protocol(lr=a.lr, n_obs=tuple(a.n), iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
+    p = Protocol(lr=a.lr, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
     print("protocol:", p, flush=True)
     print("wrote", run(a.group, p, a.milestones, a.out, a.log_every))
 

@@ -44,6 +44,9 @@ class Protocol:
     seed : int
     cw_curve : {"torchdiffeq", "mirror"}
         The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`).
+    ode_dtype : {"float64", "float32"}
+        Precision of the latent ODE's training and prediction (float32 is torch's default
+        and about 1.3x faster here; see bench/RESULTS-latent-ode.md).
     """
 
     noise_std: float = NOISE_STD
@@ -57,6 +60,7 @@ class Protocol:
     rmse_target: str = "noisy"
     seed: int = 0
     cw_curve: str = "torchdiffeq"
+    ode_dtype: str = "float64"
     n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
 
 
@@ -85,7 +89,8 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
     """Fit a :class:`LatentODE` on ``D`` (from :func:`prepare`); returns ``(model, history)``."""
     iters = p.iters_ode if iters is None else iters
     seed = p.seed if rng_seed is None else rng_seed
-    model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed)
+    model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed,
+                      dtype=np.dtype(p.ode_dtype))
     opt = optim.Adam(model.parameters(), lr=p.lr)
     rng = np.random.default_rng([seed, 1])
     hist, st = [], SolveStats()
@@ -201,7 +206,8 @@ def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
             if keep is not None:
                 D = prepare(p, n)
                 step = D["t"][1] - D["t"][0]
-                models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step),
+                models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step,
+                                    dtype=np.dtype(p.ode_dtype)),
                           RNNBaseline(time_input=True, obs_std=p.obs_std or D["obs_std"], dt_scale=step),
                           RNNBaseline(time_input=False, obs_std=p.obs_std or D["obs_std"], dt_scale=step)]
                 for m, st in zip(models, states):
