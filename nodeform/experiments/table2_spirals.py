@@ -115,6 +115,67 @@ def run(group, p, milestones=MILESTONES, out="runs/table2", log_every=50):
     return path
 
 
+def collect(out="runs/table2", milestone=None, curve_every=10):
+    """Assemble Table 2 from the groups' files in ``out`` at one milestone.
+
+    Parameters
+    ----------
+    out : str
+        Directory holding ``ode.json``, ``rnn.json`` and the weights (from :func:`run`).
+    milestone : int, optional
+        Default: the largest milestone every group has reached.
+    curve_every : int
+        Keep every so many points of the loss curves.
+
+    Returns
+    -------
+    results : dict
+        ``{"protocol": {group: protocol}, "milestone": m, "results": {n: {model: scores}},
+        "rmse_by_milestone": {model_n: {it: rmse}}, "curves": {model_n: [[it, loss], ...]}}``;
+        ``results["results"]`` has the layout of :func:`~nodeform.models.spiral_protocol.run_protocol`.
+    weights : dict
+        ``{"<model>_n<n>/<parameter>": array}`` at the milestone.
+    """
+    docs = {}
+    for g in GROUPS:
+        with open(os.path.join(out, f"{g}.json")) as fh:
+            docs[g] = json.load(fh)
+    m = min(d["milestone_reached"] for d in docs.values()) if milestone is None else int(milestone)
+    res = {"protocol": {g: d["protocol"] for g, d in docs.items()}, "milestone": m, "results": {},
+           "rmse_by_milestone": {}, "curves": {}}
+    weights = {}
+    for d in docs.values():
+        for name, r in d["models"].items():
+            if str(m) not in r["evals"]:
+                raise ValueError(f"`milestone` {m} was not reached by {name} in {out}; reached: "
+                                 f"{sorted(map(int, r['evals']))}.")
+            res["results"].setdefault(str(r["n"]), {})[r["kind"]] = r["evals"][str(m)]
+            res["rmse_by_milestone"][name] = {k: v["noisy"] for k, v in r["evals"].items()}
+            res["curves"][name] = [c[:2] for c in r["curve"][::curve_every]]
+            with np.load(os.path.join(out, f"{name}_it{m}.npz")) as z:
+                weights.update({f"{name}/{k}": z[k] for k in z.files})
+    res["results"] = {n: res["results"][n] for n in sorted(res["results"], key=int)}
+    return res, weights
+
+
+def load_models(weights, protocol, n):
+    """The data and the three trained models at ``n`` from :func:`collect`'s weights.
+
+    Returns ``(D, latent_ode, rnn_dt, rnn)`` as ``run_protocol(keep=...)`` does.
+    """
+    p = Protocol(**{k: tuple(v) if k == "n_obs" else v for k, v in protocol.items()})
+    D = prepare(p, n)
+    step = D["t"][1] - D["t"][0]
+    obs_std = p.obs_std or D["obs_std"]
+    models = {"latent_ode": LatentODE(obs_std=obs_std, dt_scale=step, dtype=np.dtype(p.ode_dtype)),
+              "rnn_dt": RNNBaseline(time_input=True, obs_std=obs_std, dt_scale=step),
+              "rnn": RNNBaseline(time_input=False, obs_std=obs_std, dt_scale=step)}
+    for kind, model in models.items():
+        pre = f"{kind}_n{n}/"
+        model.load_state_dict({k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)})
+    return (D, models["latent_ode"], models["rnn_dt"], models["rnn"])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--group", choices=tuple(GROUPS), required=True)

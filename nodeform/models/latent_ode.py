@@ -105,6 +105,33 @@ def previous_gaps(t_obs, valid, t0):
     return gaps
 
 
+def _elman_steps(cell, inputs, valid, order):
+    """Run an :class:`RNNCell` over data ``inputs`` (N, K, I) in the given step ``order``.
+
+    ``inputs`` is an array (data: no gradient flows into it), so each step's input
+    projection ``x_k W_ih^T + b`` is a product with a constant: no slice of a taped
+    Tensor, whose adjoint would write a full (N, K, ·) array at every step. Where
+    ``valid[:, k]`` is false (padding) the state is left as it was.
+
+    Returns
+    -------
+    list of Tensor
+        The state after each step, in ``order``, each (N, H).
+    """
+    wih_t, b, whh_t = cell.ih.weight.T, cell.ih.bias, cell.hh.weight.T
+    h = cell.initial_state(inputs.shape[0])
+    out = []
+    for k in order:
+        h_new = F.tanh(Tensor(inputs[:, k]) @ wih_t + b + h @ whh_t)
+        if valid[:, k].all():
+            h = h_new
+        else:                                                    # padding leaves h as it was
+            m = Tensor(valid[:, k:k + 1].astype(inputs.dtype))
+            h = h_new * m + h * (1.0 - m)
+        out.append(h)
+    return out
+
+
 # ------------------------------------------------------------------ the recognition network
 class Recognition(Module):
     """An RNN read backwards in time, giving ``q(z0 | x)`` (paper App. E).
@@ -123,17 +150,13 @@ class Recognition(Module):
         self.out = Linear(hidden, 2 * latent_dim, rng=rng, dtype=dtype)
 
     def forward(self, x, gaps, valid):
-        x = as_tensor(x)
-        N, K = gaps.shape
-        h = self.cell.initial_state(N)
-        g = Tensor((gaps / self.dt_scale).astype(x.dtype)[..., None])
-        for k in range(K - 1, -1, -1):                       # backwards in time
-            h_new = self.cell(F.concatenate([x[:, k], g[:, k]], axis=1), h)
-            if valid[:, k].all():
-                h = h_new
-            else:                                            # padding leaves h as it was
-                m = Tensor(valid[:, k:k + 1].astype(x.dtype))
-                h = h_new * m + h * (1.0 - m)
+        if isinstance(x, Tensor) and x.requires_grad:
+            raise ValueError("`x` must be data (an array or a Tensor without gradient): the "
+                             "recognition network does not differentiate its inputs.")
+        x = np.asarray(x.data if isinstance(x, Tensor) else x)
+        K = gaps.shape[1]
+        inp = np.concatenate([x, (gaps / self.dt_scale).astype(x.dtype)[..., None]], axis=2)
+        h = _elman_steps(self.cell, inp, valid, range(K - 1, -1, -1))[-1]
         out = self.out(h)
         L = self.latent_dim
         return out[:, :L], out[:, L:]
@@ -347,21 +370,22 @@ class RNNBaseline(Module):
         rows = np.arange(len(idx))[:, None]
         xs = Tensor(np.asarray(x)[rows, idx])                # (N, K, D)
         ts = np.asarray(t)[idx]
-        N, K = idx.shape
-        h = self.cell.initial_state(N)
+        K = idx.shape[1]
+        if K < 2:
+            raise ValueError("`mask` must give some sequence two observations (one to read, one to predict).")
+        inp = xs.data[:, :-1]
+        if self.time_input:
+            gaps = (ts[:, 1:] - ts[:, :-1]) / self.dt_scale
+            inp = np.concatenate([inp, gaps.astype(inp.dtype)[..., None]], axis=2)
+        # the state before predicting x_{k+1} has read x_0..x_k; padding (valid false at
+        # k + 1) leaves it as it was, and its term is masked out below
+        hs = _elman_steps(self.cell, inp, valid[:, 1:], range(K - 1))
+        pred = xs[:, :-1] + self.out(F.stack(hs, axis=1))               # (N, K-1, D)
         logvar_x = 2.0 * math.log(self.obs_std)
-        total = None
-        for k in range(K - 1):
-            h_new, pred = self.step(xs[:, k], ts[:, k + 1] - ts[:, k], h)
-            m = valid[:, k + 1]
-            nll = gaussian_nll(xs[:, k + 1], pred, logvar_x, reduction="none").sum(axis=1)
-            if not m.all():
-                mt = Tensor(m.astype(xs.dtype))
-                nll = nll * mt
-                h_new = h_new * mt[:, None] + h * (1.0 - mt[:, None])
-            h = h_new
-            total = nll if total is None else total + nll
-        return total.mean()
+        nll = gaussian_nll(xs[:, 1:], pred, logvar_x, reduction="none")
+        if not valid.all():
+            nll = nll * Tensor(valid[:, 1:, None].astype(xs.dtype))
+        return nll.sum(axis=(1, 2)).mean()
 
     def predict(self, x, t, mask, t_pred):
         """Read the observations, then roll out to ``t_pred`` (after the last one): (N, T', D)."""
