@@ -22,6 +22,7 @@
 
 # %%
 import json
+import os
 import time
 
 import numpy as np
@@ -273,10 +274,14 @@ else:
         results = json.loads(TABLE2_JSON.read_text())
         with np.load(TABLE2_WEIGHTS) as z:
             weights = {k: z[k] for k in z.files}
-    else:                                      # the two groups, one after the other, into runs/table2
+    else:                                      # train (or finish) the two groups in runs/table2
         for group, dtype in (("ode", "float32"), ("rnn", "float64")):
+            done = os.path.join("runs", "table2", f"{group}.json")
+            if os.path.exists(done) and json.load(open(done))["milestone_reached"] >= TABLE2_MILESTONES[-1]:
+                print(f"reusing the finished {group} run in runs/table2")
+                continue
             table2_spirals.run(group, Protocol(ode_dtype=dtype, iters_ode=TABLE2_MILESTONES[-1],
-                                                       iters_rnn=TABLE2_MILESTONES[-1]),
+                                               iters_rnn=TABLE2_MILESTONES[-1]),
                                milestones=TABLE2_MILESTONES)
         results, weights = table2_spirals.collect("runs/table2", milestone=TABLE2_MILESTONES[-1])
         np.savez(TABLE2_WEIGHTS, **weights)

@@ -13,7 +13,8 @@ draws are those of :func:`~nodeform.models.spiral_protocol.run_protocol`.
 
 Output directory (``--out``, default ``runs/table2``)::
 
-    <group>.json            protocol, per-model loss curve, test scores at every milestone
+    <group>.json            protocol, per-model curve (iteration, loss, KL, NFE, gradient
+                            norm before clipping), test scores at every milestone
     <model>_n<n>_it<k>.npz  the weights at milestone k (state_dict arrays)
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 from nodeform import optim
 from nodeform.adjoint.odeint import SolveStats
 from nodeform.models.latent_ode import LatentODE, RNNBaseline
-from nodeform.models.spiral_protocol import Protocol, prepare, scores
+from nodeform.models.spiral_protocol import Protocol, clip_grad_norm, prepare, scores
 
 #: Milestones (iterations) at which every model is scored and saved: dense early, where
 #: the curves move, then every 500 up to the 4,000 of the first PyTorch attempt.
@@ -69,8 +70,9 @@ class _Run:
             else:
                 loss, info = self.model.loss(D["x_tr"], D["t"], D["m_tr"]), {}
             loss.backward()
+            gnorm = clip_grad_norm(self.model.parameters(), self.p.clip_norm)
             self.opt.step()
-            self.curve.append([self.it, float(loss.data), info.get("kl", 0.0), st.nfe_forward])
+            self.curve.append([self.it, float(loss.data), info.get("kl", 0.0), st.nfe_forward, gnorm])
             st.reset()
             self.it += 1
             if log_every and self.it % log_every == 0:
@@ -182,11 +184,13 @@ def main(argv=None):
     ap.add_argument("--n", type=int, nargs="+", default=[30, 50, 100])
     ap.add_argument("--milestones", type=int, nargs="+", default=list(MILESTONES))
     ap.add_argument("--lr", type=float, default=Protocol.lr)
+    ap.add_argument("--clip-norm", type=float, default=Protocol.clip_norm,
+                    help="global gradient-norm clip (0: none)")
     ap.add_argument("--ode-dtype", choices=("float64", "float32"), default=Protocol.ode_dtype)
     ap.add_argument("--out", default="runs/table2")
     ap.add_argument("--log-every", type=int, default=50)
     a = ap.parse_args(argv)
-    p = Protocol(lr=a.lr, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
+    p = Protocol(lr=a.lr, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, clip_norm=a.clip_norm or None, iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
     print("protocol:", p, flush=True)
     print("wrote", run(a.group, p, a.milestones, a.out, a.log_every))
 

@@ -44,6 +44,12 @@ class Protocol:
     seed : int
     cw_curve : {"torchdiffeq", "mirror"}
         The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`).
+    clip_norm : float or None
+        Before each Adam step the gradient of all parameters is scaled down to this
+        global norm when it is larger (None: no clipping). Without it the recognition
+        RNN's gradient explodes at n = 100 (norms of 1e6 against about 100 at n = 30),
+        Adam's second-moment estimate is swamped and the encoder stops learning
+        (chapter 7, bench/RESULTS-latent-ode.md).
     ode_dtype : {"float64", "float32"}
         Precision of the latent ODE's training and prediction (float32 is torch's default
         and about 1.3x faster here; see bench/RESULTS-latent-ode.md).
@@ -61,6 +67,7 @@ class Protocol:
     seed: int = 0
     cw_curve: str = "torchdiffeq"
     ode_dtype: str = "float64"
+    clip_norm: float | None = 100.0
     n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
 
 
@@ -78,6 +85,19 @@ def prepare(p, n_obs):
             "x_tr": X[d.train, :P], "m_tr": mask[d.train], "x_te": X[d.test, :P], "m_te": mask[d.test],
             "y_te": X[d.test, P:], "truth_te": Y[d.test, P:], "obs_std": p.noise_std / scale,
             "cw_te": d.clockwise[d.test]}
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale the gradients of ``params`` in place so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (``max_norm=None`` only measures it).
+    """
+    grads = [getattr(p.grad, "data", p.grad) for p in params if p.grad is not None]
+    norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads)))
+    if max_norm is not None and norm > max_norm:
+        for g in grads:
+            g *= max_norm / norm
+    return norm
 
 
 def rmse(pred, target):
@@ -99,6 +119,7 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
         opt.zero_grad()
         loss, info = model.loss(D["x_tr"], D["t"], D["m_tr"], rng, grad=p.grad, stats=st)
         loss.backward()
+        clip_grad_norm(model.parameters(), p.clip_norm)
         opt.step()
         hist.append((float(loss.data), st.nfe_forward, st.nfe_backward))
         st.reset()
@@ -121,6 +142,7 @@ def train_rnn(p, D, time_input=True, iters=None, log_every=0, rng_seed=None):
         opt.zero_grad()
         loss = model.loss(D["x_tr"], D["t"], D["m_tr"])
         loss.backward()
+        clip_grad_norm(model.parameters(), p.clip_norm)
         opt.step()
         hist.append(float(loss.data))
         if log_every and (it % log_every == 0 or it == iters - 1):
