@@ -280,3 +280,32 @@ def test_mirror_clockwise_arm_is_the_reflected_counter_clockwise_arm():
     assert np.allclose(b[:, 0] + 5.0, a[:, 0] - 5.0) and np.allclose(b[:, 1], -a[:, 1])
     with pytest.raises(ValueError, match="`cw_curve`"):
         spiral_curve(s, True, "spiral")
+
+
+# ------------------------------------------------------------------ the Table 2 protocol and runner
+def test_clip_grad_norm_scales_only_large_gradients():
+    from nodeform.models.spiral_protocol import clip_grad_norm
+    a, b = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    a.grad, b.grad = np.array([3.0, 0.0]), np.array([4.0])
+    assert clip_grad_norm([a, b], 10.0) == pytest.approx(5.0)          # below: untouched
+    assert a.grad.tolist() == [3.0, 0.0] and b.grad.tolist() == [4.0]
+    assert clip_grad_norm([a, b], 1.0) == pytest.approx(5.0)           # above: scaled to norm 1
+    assert np.allclose(a.grad, [0.6, 0.0]) and np.allclose(b.grad, [0.8])
+
+
+def test_table2_runner_collects_what_it_trained(tmp_path):
+    """Milestone scores and weights come back through collect / load_models unchanged."""
+    from nodeform.experiments import table2_spirals as t2
+    from nodeform.models.spiral_protocol import Protocol, scores
+    p = Protocol(n_obs=(30,), ode_dtype="float32")
+    for group in ("ode", "rnn"):
+        t2.run(group, p, milestones=(1, 2), out=str(tmp_path), log_every=0)
+    res, weights = t2.collect(str(tmp_path), milestone=2)
+    assert res["milestone"] == 2 and set(res["results"]["30"]) == {"latent_ode", "rnn_dt", "rnn"}
+    D, ode, rnn_dt, rnn = t2.load_models(weights, res["protocol"]["ode"], 30)
+    assert ode.theta.dtype == np.float32
+    again = scores(rnn_dt.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"]), D)["noisy"]
+    assert again == pytest.approx(res["results"]["30"]["rnn_dt"]["noisy"], rel=1e-12)
+    assert len(res["rmse_by_milestone"]["latent_ode_n30"]) == 2
+    with pytest.raises(ValueError, match="`milestone` 3"):
+        t2.collect(str(tmp_path), milestone=3)

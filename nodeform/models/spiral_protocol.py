@@ -16,6 +16,7 @@ import numpy as np
 
 from nodeform import optim
 from nodeform.adjoint.odeint import SolveStats
+from nodeform.autodiff.tensor import Tensor
 from nodeform.data.spirals import NOISE_STD, make_spirals, subsample
 from nodeform.models.latent_ode import LatentODE, RNNBaseline
 
@@ -92,7 +93,7 @@ def clip_grad_norm(params, max_norm):
 
     Returns the norm before clipping (``max_norm=None`` only measures it).
     """
-    grads = [getattr(p.grad, "data", p.grad) for p in params if p.grad is not None]
+    grads = [p.grad.data if isinstance(p.grad, Tensor) else p.grad for p in params if p.grad is not None]
     norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads)))
     if max_norm is not None and norm > max_norm:
         for g in grads:
