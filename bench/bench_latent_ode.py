@@ -35,8 +35,8 @@ from nodeform.models.spiral_protocol import Protocol, prepare  # noqa: E402
 RTOL, ATOL = 1e-3, 1e-4
 
 
-def nodeform_runner(D, grad, stats):
-    model = LatentODE(obs_std=D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=0)
+def nodeform_runner(D, grad, stats, dtype=np.float64):
+    model = LatentODE(obs_std=D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=0, dtype=dtype)
     opt = optim.Adam(model.parameters(), lr=0.01)
     rng = np.random.default_rng(0)
 
@@ -110,15 +110,19 @@ def main(argv=None):
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch intra-op threads (1: on a shared 2-core machine 2 threads spin "
                          "against other processes and ran 20x slower)")
+    ap.add_argument("--skip-numba", action="store_true", help="leave out the Numba adjoint row")
     a = ap.parse_args(argv)
     D = prepare(Protocol(), a.n_obs)
     print(f"latent ODE training iteration, batch {len(D['x_tr'])}, n = {a.n_obs}, dopri5 rtol {RTOL} "
           f"atol {ATOL}; median of {a.repeats} after 2 warm-ups", flush=True)
     rows = []
-    for grad, label in (("backprop", "nodeform, backprop through dopri5 (float64)"),
-                        ("numba", "nodeform, Numba field + continuous adjoint (float64)")):
+    for grad, dtype, label in (("backprop", np.float64, "nodeform, backprop through dopri5 (float64)"),
+                               ("backprop", np.float32, "nodeform, backprop through dopri5 (float32)"),
+                               ("numba", np.float64, "nodeform, Numba field + continuous adjoint (float64)")):
+        if a.skip_numba and grad == "numba":
+            continue
         st = nf.SolveStats()
-        _, step = nodeform_runner(D, grad, st)
+        _, step = nodeform_runner(D, grad, st, dtype)
         step()
         step()
         st.reset()

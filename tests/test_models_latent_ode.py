@@ -100,6 +100,50 @@ def test_union_solve_equals_per_sequence_solves(rng):
         assert np.allclose(together[np.searchsorted(t[cols], t[own]), i], alone[:, 0], atol=1e-8)
 
 
+class _FixedNoise:
+    """Stands in for a Generator: hands out rows of a fixed noise array, in order."""
+
+    def __init__(self, eps):
+        self.eps, self.at = eps, 0
+
+    def standard_normal(self, shape):
+        out = self.eps[self.at:self.at + shape[0]]
+        self.at += shape[0]
+        return out.reshape(shape)
+
+
+def test_batch_loss_is_the_mean_of_per_sequence_losses(rng):
+    """Decoding only each sequence's observed times of the union (rows padded) loses no term."""
+    model = _tiny()
+    x, t, mask = _batch(rng, N=4, T=6)
+    assert len(set(mask.sum(axis=1))) > 1                     # unequal counts: padding is used
+    eps = rng.standard_normal((4, 2))
+    tight = {"rtol": 1e-10, "atol": 1e-12}
+    batch, info = model.loss(x, t, mask, _FixedNoise(eps), grad="continuous", solver=tight)
+    alone = [float(model.loss(x[i:i + 1], t, mask[i:i + 1], _FixedNoise(eps[i:i + 1]),
+                              grad="continuous", solver=tight)[0].data) for i in range(4)]
+    assert abs(float(batch.data) - np.mean(alone)) < 1e-8 * abs(np.mean(alone))
+
+
+def test_float32_model_matches_float64(rng):
+    """The float32 model path (the speed option of bench/bench_latent_ode.py) computes the same loss."""
+    x, t, mask = _batch(rng)
+    out = {}
+    for dt in (np.float64, np.float32):
+        model = _tiny(dtype=dt)
+        if dt is np.float32:                                   # the float64 model's weights, rounded
+            model.load_state_dict({k: v.astype(np.float32) for k, v in out[np.float64][2].items()})
+        loss, _ = model.loss(x, t, mask, np.random.default_rng(7), grad="backprop")
+        loss.backward()
+        out[dt] = (loss, model.theta.grad, model.state_dict())
+    l64, g64, _ = out[np.float64]
+    l32, g32, _ = out[np.float32]
+    g64, g32 = (getattr(g, "data", g) for g in (g64, g32))
+    assert l32.dtype == np.float32 and g32.dtype == np.float32
+    assert abs(float(l32.data) - float(l64.data)) < 1e-4 * abs(float(l64.data))
+    assert np.allclose(g32, g64, rtol=1e-3, atol=1e-4 * np.abs(g64).max())
+
+
 def _loss_fn(model, x, t, mask, grad, solver):
     names = [n for n, _ in model.named_parameters()]
 
@@ -236,3 +280,32 @@ def test_mirror_clockwise_arm_is_the_reflected_counter_clockwise_arm():
     assert np.allclose(b[:, 0] + 5.0, a[:, 0] - 5.0) and np.allclose(b[:, 1], -a[:, 1])
     with pytest.raises(ValueError, match="`cw_curve`"):
         spiral_curve(s, True, "spiral")
+
+
+# ------------------------------------------------------------------ the Table 2 protocol and runner
+def test_clip_grad_norm_scales_only_large_gradients():
+    from nodeform.models.spiral_protocol import clip_grad_norm
+    a, b = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    a.grad, b.grad = np.array([3.0, 0.0]), np.array([4.0])
+    assert clip_grad_norm([a, b], 10.0) == pytest.approx(5.0)          # below: untouched
+    assert a.grad.tolist() == [3.0, 0.0] and b.grad.tolist() == [4.0]
+    assert clip_grad_norm([a, b], 1.0) == pytest.approx(5.0)           # above: scaled to norm 1
+    assert np.allclose(a.grad, [0.6, 0.0]) and np.allclose(b.grad, [0.8])
+
+
+def test_table2_runner_collects_what_it_trained(tmp_path):
+    """Milestone scores and weights come back through collect / load_models unchanged."""
+    from nodeform.experiments import table2_spirals as t2
+    from nodeform.models.spiral_protocol import Protocol, scores
+    p = Protocol(n_obs=(30,), ode_dtype="float32")
+    for group in ("ode", "rnn"):
+        t2.run(group, p, milestones=(1, 2), out=str(tmp_path), log_every=0)
+    res, weights = t2.collect(str(tmp_path), milestone=2)
+    assert res["milestone"] == 2 and set(res["results"]["30"]) == {"latent_ode", "rnn_dt", "rnn"}
+    D, ode, rnn_dt, rnn = t2.load_models(weights, res["protocol"]["ode"], 30)
+    assert ode.theta.dtype == np.float32
+    again = scores(rnn_dt.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"]), D)["noisy"]
+    assert again == pytest.approx(res["results"]["30"]["rnn_dt"]["noisy"], rel=1e-12)
+    assert len(res["rmse_by_milestone"]["latent_ode_n30"]) == 2
+    with pytest.raises(ValueError, match="`milestone` 3"):
+        t2.collect(str(tmp_path), milestone=3)

@@ -16,6 +16,7 @@ import numpy as np
 
 from nodeform import optim
 from nodeform.adjoint.odeint import SolveStats
+from nodeform.autodiff.tensor import Tensor
 from nodeform.data.spirals import NOISE_STD, make_spirals, subsample
 from nodeform.models.latent_ode import LatentODE, RNNBaseline
 
@@ -44,6 +45,19 @@ class Protocol:
     seed : int
     cw_curve : {"torchdiffeq", "mirror"}
         The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`).
+    clip_norm : float or None
+        Before each Adam step the gradient of all parameters is scaled down to this
+        global norm when it is larger (None: no clipping). Without it the recognition
+        RNN's gradient explodes at n = 100 (a norm of 4e6 on its recurrent weights at
+        iteration 250, against about 50 at n = 30), Adam's second-moment estimate is
+        swamped and the encoder stops learning; with it every one of the nine models
+        reached a lower training loss at every checkpoint up to 250 iterations
+        (chapter 7, bench/RESULTS-latent-ode.md). Typical norms are 1e2-1e4 (the loss
+        is a sum over points), so the clip acts on most steps: with Adam, whose steps
+        do not depend on the gradient's scale, that only evens out the spikes.
+    ode_dtype : {"float64", "float32"}
+        Precision of the latent ODE's training and prediction (float32 is torch's default
+        and about 1.3x faster here; see bench/RESULTS-latent-ode.md).
     """
 
     noise_std: float = NOISE_STD
@@ -57,6 +71,8 @@ class Protocol:
     rmse_target: str = "noisy"
     seed: int = 0
     cw_curve: str = "torchdiffeq"
+    ode_dtype: str = "float64"
+    clip_norm: float | None = 100.0
     n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
 
 
@@ -76,6 +92,19 @@ def prepare(p, n_obs):
             "cw_te": d.clockwise[d.test]}
 
 
+def clip_grad_norm(params, max_norm):
+    """Scale the gradients of ``params`` in place so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (``max_norm=None`` only measures it).
+    """
+    grads = [p.grad.data if isinstance(p.grad, Tensor) else p.grad for p in params if p.grad is not None]
+    norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads)))
+    if max_norm is not None and norm > max_norm:
+        for g in grads:
+            g *= max_norm / norm
+    return norm
+
+
 def rmse(pred, target):
     """Root of the mean squared error over every spiral, time point and coordinate."""
     return float(np.sqrt(np.mean((np.asarray(pred) - np.asarray(target)) ** 2)))
@@ -85,7 +114,8 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
     """Fit a :class:`LatentODE` on ``D`` (from :func:`prepare`); returns ``(model, history)``."""
     iters = p.iters_ode if iters is None else iters
     seed = p.seed if rng_seed is None else rng_seed
-    model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed)
+    model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed,
+                      dtype=np.dtype(p.ode_dtype))
     opt = optim.Adam(model.parameters(), lr=p.lr)
     rng = np.random.default_rng([seed, 1])
     hist, st = [], SolveStats()
@@ -94,6 +124,7 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
         opt.zero_grad()
         loss, info = model.loss(D["x_tr"], D["t"], D["m_tr"], rng, grad=p.grad, stats=st)
         loss.backward()
+        clip_grad_norm(model.parameters(), p.clip_norm)
         opt.step()
         hist.append((float(loss.data), st.nfe_forward, st.nfe_backward))
         st.reset()
@@ -116,6 +147,7 @@ def train_rnn(p, D, time_input=True, iters=None, log_every=0, rng_seed=None):
         opt.zero_grad()
         loss = model.loss(D["x_tr"], D["t"], D["m_tr"])
         loss.backward()
+        clip_grad_norm(model.parameters(), p.clip_norm)
         opt.step()
         hist.append(float(loss.data))
         if log_every and (it % log_every == 0 or it == iters - 1):
@@ -201,7 +233,8 @@ def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
             if keep is not None:
                 D = prepare(p, n)
                 step = D["t"][1] - D["t"][0]
-                models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step),
+                models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step,
+                                    dtype=np.dtype(p.ode_dtype)),
                           RNNBaseline(time_input=True, obs_std=p.obs_std or D["obs_std"], dt_scale=step),
                           RNNBaseline(time_input=False, obs_std=p.obs_std or D["obs_std"], dt_scale=step)]
                 for m, st in zip(models, states):
