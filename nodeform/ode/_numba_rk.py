@@ -22,7 +22,7 @@ add the same terms in the same order. ``f`` normally arrives as a function-point
 and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
 through a pointer (it returns a non-contiguous or non-float64 array, say), the
 dispatcher itself is passed: the loop is specialized per ``f`` and recompiled in every
-process (:func:`uncached`: never through the disk cache). ``solve(..., specialize=True)``
+process (:func:`specialized`: never through the disk cache). ``solve(..., specialize=True)``
 takes that path on purpose: ``f`` is compiled into the loop (inlined by LLVM), the
 fastest solve, for one loop compile per field and process.
 
@@ -41,7 +41,7 @@ from numba.extending import overload
 __all__ = ["solve_adaptive", "solve_fixed", "ADAPTIVE_LOOPS", "FIXED_LOOPS", "ST_OK",
            "ST_MAX_STEPS", "ST_UNDERFLOW", "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
 
-from nodeform.ode._fnptr import field_call, field_function
+from nodeform.ode._fnptr import field_call, field_function, is_inplace_type
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
 from nodeform.ode.tableaus import METHODS
@@ -430,11 +430,16 @@ def _terms_expr(terms):
     return " + ".join(f"K[{j}, m] * {w!r}" for j, w in terms)
 
 
-def _step_source(tab, what):
+def _step_source(tab, what, inplace=False):
     """Source of the straight-line ``what`` operation ("stages", "combine", "ratio") for ``tab``.
 
     Every coefficient is written with ``repr`` (exact round trip), zero weights are left
     out, and each sum runs left to right, as :func:`nodeform.ode.rk.weighted_sum` does.
+    ``inplace`` (stages only): ``f`` is an in-place field, called as
+    ``f(t, y_stage, acc, *args)`` right here, writing into the scratch ``acc``, which the
+    next pass reads; no variable, view or check per call (an array assigned to a variable
+    around a call through a pointer costs Numba two reference-count calls each side, about
+    20 ns, as much as a small field itself).
     """
     s = tab.n_stages
     last = s - 1
@@ -445,6 +450,7 @@ def _step_source(tab, what):
         # input). With ``shift`` the first pass also copies K[s-1] into K[0] (FSAL).
         lines = ["def impl(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):",
                  "    n = y.shape[0]"]
+        res = "acc" if inplace else "o"  # where f's last result is
         for i in range(1, s):
             terms = tab.A_terms[i]
             variants = [("    ", None)]
@@ -462,7 +468,7 @@ def _step_source(tab, what):
                     lines.append(f"{ind}    K[0, m] = o_m")
                     fresh = 0
                 elif i > 1:
-                    lines.append(f"{ind}    o_m = o[m]")
+                    lines.append(f"{ind}    o_m = {res}[m]")
                     lines.append(f"{ind}    K[{i - 1}, m] = o_m")
                     fresh = i - 1
                 if terms:
@@ -471,13 +477,16 @@ def _step_source(tab, what):
                     lines.append(f"{ind}    y_stage[m] = y[m] + ({expr}) * h")
                 else:
                     lines.append(f"{ind}    y_stage[m] = y[m]")
-            lines.append(f"    o = field_call(f, t + {tab.c_list[i]!r} * h, y_stage, args, K, {i})")
-            lines.append("    if o.shape[0] != n:")
-            lines.append("        return o")
+            if inplace:  # writes into the scratch ``acc`` (unused here otherwise)
+                lines.append(f"    f(t + {tab.c_list[i]!r} * h, y_stage, acc, *args)")
+            else:
+                lines.append(f"    o = f(t + {tab.c_list[i]!r} * h, y_stage, *args)")
+                lines.append("    if o.shape[0] != n:")
+                lines.append("        return o")
         if not tab.fsal:  # an FSAL method's error-ratio pass stores it (or _step_store_last)
             lines.append("    for m in range(n):")
-            lines.append(f"        K[{last}, m] = o[m]")
-        lines.append("    return o")
+            lines.append(f"        K[{last}, m] = {res}[m]")
+        lines.append(f"    return {res}")
     elif what == "store_last":
         lines = ["def impl(tag, K, o):"]
         if tab.fsal:
@@ -504,6 +513,11 @@ def _step_source(tab, what):
         lines += ["        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
                   f"        x = ({expr}) * h / sc",
                   "        sq[m] = x * x",
+                  "    if n < 8:",
+                  "        ss = 0.0",
+                  "        for m in range(n):",
+                  "            ss += sq[m]",
+                  "        return math.sqrt(ss / n) if n > 0 else 0.0",
                   "    return _rms_of_squares(sq, n)"]
     return "\n".join(lines) + "\n"
 
@@ -512,16 +526,16 @@ def _step_source(tab, what):
 _GENERATED = {}
 
 
-def _generated(tag, what, generic):
+def _generated(tag, what, generic, inplace=False):
     """The implementation of ``what`` for the literal ``tag``: generated, or ``generic``."""
     if not isinstance(tag, types.StringLiteral) or tag.literal_value not in METHODS:
         return generic
     name = tag.literal_value
-    key = (name, what)
+    key = (name, what, inplace)
     if key not in _GENERATED:
-        namespace = {"_eval": _eval, "_rms_of_squares": _rms_of_squares, "field_call": field_call}
-        exec(compile(_step_source(METHODS[name], what), f"<nodeform {name} {what}>", "exec"),
-             namespace)
+        namespace = {"math": math, "_eval": _eval, "_rms_of_squares": _rms_of_squares, "field_call": field_call}
+        exec(compile(_step_source(METHODS[name], what, inplace), f"<nodeform {name} {what}>",
+                     "exec"), namespace)
         _GENERATED[key] = namespace["impl"]
     return _GENERATED[key]
 
@@ -530,7 +544,7 @@ def _generated(tag, what, generic):
 def _step_stages_impl(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
     def generic(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
         return _stages(f, args, t, y, h, A, c, K, y_stage, acc, shift)
-    return _generated(tag, "stages", generic)
+    return _generated(tag, "stages", generic, is_inplace_type(f, args))
 
 
 @overload(_step_store_last, prefer_literal=True)
@@ -923,3 +937,41 @@ def uncached(loop):
         nc = njit(error_model="numpy")(loop.py_func)
         _UNCACHED[loop] = nc
     return nc
+
+
+# (cached loop, f) -> that loop with f compiled in, taking the loop's arguments but f
+_SPECIALIZED = {}
+#: The loops' arguments after ``f``, as the specialized wrappers spell them.
+_ADAPTIVE_PARAMS = ("args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol, atol, "
+                    "first_step, max_step, max_steps, alpha, beta, trace")
+_FIXED_PARAMS = "args, t_out, y0, A, b, c, fsal, counts"
+
+
+def specialized(loop, f):
+    """``loop`` with the field ``f`` compiled in: called as ``loop``, without its first argument.
+
+    The field is a compile-time constant of the generated loop (a global of its source),
+    not an argument: Numba types a dispatcher argument in Python on every call (about
+    8 µs, a quarter of a small solve), while the remaining arguments are numbers, arrays
+    and tuples, which it types in C. ``f`` is then a direct call that LLVM inlines into
+    the stages. One compile per (loop, field) and process; never from the disk cache (its
+    key would name the dispatcher by address, see :func:`uncached`).
+    """
+    key = (loop, f)
+    fn = _SPECIALIZED.get(key)
+    if fn is not None:
+        return fn
+    name = loop.py_func.__name__
+    adaptive = name.startswith("solve_adaptive")
+    tag = name.split("_", 2)[2] if name.count("_") >= 2 else GENERIC
+    params = _ADAPTIVE_PARAMS if adaptive else _FIXED_PARAMS
+    body = "_adaptive_body" if adaptive else "_fixed_body"
+    src = (f"def {name}({params}):\n"
+           f"    return {body}({tag!r}, FIELD, {params})\n")
+    namespace = {"_adaptive_body": _adaptive_body, "_fixed_body": _fixed_body, "FIELD": f}
+    exec(compile(src, f"<nodeform {name} with a field compiled in>", "exec"), namespace)
+    py = namespace[name]
+    py._nodeform_field = f  # for the compile log (nodeform.ode._fnptr.install_compile_log)
+    fn = njit(error_model="numpy")(py)
+    _SPECIALIZED[key] = fn
+    return fn
