@@ -320,6 +320,12 @@ def check_field(f, args, t0, y0, inplace=False):
     None), so a good field pays nothing. The reference engine's rules apply: a field that
     returns int64 or float32 is refused as there (the loop would otherwise cast silently).
     """
+    try:
+        key = (f, args_key(args), inplace)
+        if _CHECKED.get(key):  # before the imports: a repeated solve pays one lookup
+            return
+    except TypeError:
+        key = None
     import inspect
 
     from numba.core.errors import TypingError
@@ -327,12 +333,6 @@ def check_field(f, args, t0, y0, inplace=False):
     from nodeform.ode.errors import VectorFieldError
     from nodeform.ode.loops import check_vector_field_output
 
-    try:
-        key = (f, args_key(args), inplace)
-        if _CHECKED.get(key):
-            return
-    except TypeError:
-        key = None
     try:
         arg_types = tuple(numba.typeof(a) for a in args)
     except Exception as exc:  # noqa: BLE001 - any object Numba cannot type

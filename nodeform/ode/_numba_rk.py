@@ -62,6 +62,9 @@ SMALL_N = 16
 #: accumulators (numpy/_core/src/umath/loops_utils.h.src, PW_BLOCKSIZE). The error norm
 #: sums the same way, so it equals the reference engine's ``np.mean`` bit for bit.
 PW_BLOCKSIZE = 128
+#: NumPy's pairwise leaf adds fewer than this many terms one by one, left to right, from 0.0
+#: (its 8 accumulators start at 8 terms).
+PW_UNROLL = 8
 #: The tag of the generic, array-driven step (user-defined tableaus).
 GENERIC = "generic"
 
@@ -276,7 +279,7 @@ def nonfinite_cause_words(cause, stage, y):
 @njit(cache=True)
 def _pairwise_leaf(x, lo, n):
     """``sum(x[lo:lo + n])`` for ``n <= PW_BLOCKSIZE``, in NumPy's order (8 accumulators)."""
-    if n < 8:
+    if n < PW_UNROLL:
         res = 0.0
         for i in range(lo, lo + n):
             res += x[i]
@@ -510,15 +513,20 @@ def _step_source(tab, what, inplace=False):
                               for j, w in terms)
         else:
             expr = _terms_expr(terms)
-        lines += ["        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
-                  f"        x = ({expr}) * h / sc",
-                  "        sq[m] = x * x",
-                  "    if n < 8:",
-                  "        ss = 0.0",
-                  "        for m in range(n):",
-                  "            ss += sq[m]",
-                  "        return math.sqrt(ss / n) if n > 0 else 0.0",
-                  "    return _rms_of_squares(sq, n)"]
+        body = lines[3:]  # the pass's common lines, after "for m in range(n):"
+        body += ["        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
+                 f"        x = ({expr}) * h / sc"]
+        # below 8 components NumPy's pairwise sum is a plain left-to-right sum from 0.0
+        # (see _pairwise_leaf): accumulated here in the same order, the same bits, with no
+        # store of the squares and no call
+        lines = lines[:2] + [f"    if n < {PW_UNROLL}:",
+                             "        ss = 0.0",
+                             "        for m in range(n):"]
+        lines += ["    " + ln for ln in body] + ["            ss += x * x",
+                                                 "        return math.sqrt(ss / n) if n > 0 else 0.0",
+                                                 "    for m in range(n):"]
+        lines += body + ["        sq[m] = x * x",
+                         "    return _rms_of_squares(sq, n)"]
     return "\n".join(lines) + "\n"
 
 
@@ -540,28 +548,28 @@ def _generated(tag, what, generic, inplace=False):
     return _GENERATED[key]
 
 
-@overload(_step_stages, prefer_literal=True)
+@overload(_step_stages, prefer_literal=True, inline="always")
 def _step_stages_impl(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
     def generic(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
         return _stages(f, args, t, y, h, A, c, K, y_stage, acc, shift)
     return _generated(tag, "stages", generic, is_inplace_type(f, args))
 
 
-@overload(_step_store_last, prefer_literal=True)
+@overload(_step_store_last, prefer_literal=True, inline="always")
 def _step_store_last_impl(tag, K, o):
     def generic(tag, K, o):
         pass
     return _generated(tag, "store_last", generic)
 
 
-@overload(_step_combine, prefer_literal=True)
+@overload(_step_combine, prefer_literal=True, inline="always")
 def _step_combine_impl(tag, y, K, b, h, out, acc):
     def generic(tag, y, K, b, h, out, acc):
         _combine(y, K, b, h, out, acc)
     return _generated(tag, "combine", generic)
 
 
-@overload(_step_ratio, prefer_literal=True)
+@overload(_step_ratio, prefer_literal=True, inline="always")
 def _step_ratio_impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):
     def generic(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):
         return _generic_ratio(K, e, h, y, y_new, rtol, atol, acc, sq)

@@ -278,6 +278,11 @@ def _numba_plan(tab, controller):
     return plan
 
 
+# (loop, f) -> the loop with f compiled in (nodeform.ode._numba_rk.specialized), without
+# a function-level import per solve
+_SPECIALIZED = {}
+
+
 def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
                controller, trace, specialize=False):
     if type(args) is not tuple:  # e.g. a namedtuple: the loops take a plain tuple
@@ -306,8 +311,11 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
                      float(atol), -1.0 if first_step is None else float(first_step),
                      float(max_step), int(max_steps), alpha, beta, bool(trace))
     if fh is None:  # f compiled into the loop: never through the disk cache (see specialized)
-        from nodeform.ode._numba_rk import specialized
-        ys, info, bad, tr = specialized(loop, f)(*loop_args)
+        spec = _SPECIALIZED.get((loop, f))
+        if spec is None:
+            from nodeform.ode._numba_rk import specialized
+            spec = _SPECIALIZED[(loop, f)] = specialized(loop, f)
+        ys, info, bad, tr = spec(*loop_args)
     else:
         ys, info, bad, tr = loop(fh, *loop_args)
     st = info.tolist()  # one conversion, not one NumPy scalar per entry
