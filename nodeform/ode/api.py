@@ -511,8 +511,7 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         elif engine == "numba":
             ys, stats, tr = _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size,
                                        first_step, max_steps, max_step, controller, trace,
-                                       bool(options.get("specialize", False)) if options
-                                       else False)
+                                       bool(options.get("specialize", False)))
         else:
             fa = f if not args else (lambda tt, yy: f(tt, yy, *args))
             ys, stats, tr = integrate(fa, t_arr.tolist(), y0, tab, rtol=rtol, atol=atol,
