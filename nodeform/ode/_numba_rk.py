@@ -8,8 +8,8 @@ NumPy float64 only, 1-D state, the stages live in a preallocated ``K`` of shape
 the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
 The vector field is an ``@numba.njit`` function ``f(t, y, *args) -> dy``, or in place
-``f(t, y, out, *args)`` writing dy/dt into ``out`` (a row of ``K``: no allocation per
-evaluation; told apart by the number of parameters, see :func:`nodeform.ode._fnptr.is_inplace`);
+``f(t, y, out, *args)`` writing dy/dt into ``out`` (one scratch row in the generated steps,
+a row of ``K`` in the generic one: no allocation per evaluation; told apart by the number of parameters, see :func:`nodeform.ode._fnptr.is_inplace`);
 ``args`` is a tuple passed through unchanged. Each built-in method
 (:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is
 straight-line code with the tableau's nonzero coefficients as literals (generated from
@@ -20,11 +20,13 @@ tableau from arrays. Both share one body (:func:`_adaptive_body`, :func:`_fixed_
 add the same terms in the same order. ``f`` normally arrives as a function-pointer handle
 (see :mod:`nodeform.ode._fnptr`): the loop is then specialized per type of ``args`` only,
 and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
-through a pointer (it returns a non-contiguous or non-float64 array, say), the
-dispatcher itself is passed: the loop is specialized per ``f`` and recompiled in every
-process (:func:`specialized`: never through the disk cache). ``solve(..., specialize=True)``
-takes that path on purpose: ``f`` is compiled into the loop (inlined by LLVM), the
-fastest solve, for one loop compile per field and process.
+through a pointer (it returns a non-contiguous or non-float64 array, say), ``f`` is
+compiled into the loop instead: a wrapper per (loop, ``f``) holds it as a global,
+recompiled in every process (:func:`specialized`: never through the disk cache).
+``solve(..., specialize=True)`` takes that path on purpose (``f`` inlined by LLVM): for a
+small in-place field no faster than the pointer path (the step's operations are inlined
+into the loop, so a call through the pointer costs a few ns), for one loop compile per
+field and process.
 
 Debug with ``NUMBA_DISABLE_JIT=1`` (the same code runs as Python), switch the compiled
 engine off with ``NODEFORM_NUMBA=0``.
