@@ -6,7 +6,8 @@ Run::
     python bench/bench_solvers.py --quick    # fewer repeats and a 1,000-oscillator batch
     python bench/bench_solvers.py --no-peers # without torchdiffeq and diffrax
 
-Prints, for each workload, wall time per solve (median of repeats, compile excluded),
+Prints, for each workload, wall time per solve (minimum of interleaved repeats, with the
+median and 90th percentile; compile excluded),
 function evaluations, max error at the end time against a tight SciPy DOP853 reference,
 and the speed ratio against SciPy's ``solve_ivp`` RK45 measured in the same run. The
 first call of each Numba solve (compile, or load from the on-disk cache) is reported
@@ -35,6 +36,9 @@ import nodeform  # noqa: E402
 RTOL, ATOL = 1e-6, 1e-9
 #: The row every other is compared with: the hand-written in-place loop, f compiled in.
 LIMIT = "compiled limit: hand-written njit dopri5, in-place f compiled in"
+#: The same loop with f a compile-time constant of a wrapper: the loop without Numba's
+#: per-call typing of a dispatcher argument (the call from Python of the row above).
+LIMIT_GLOBAL = "compiled limit, f a global of a njit wrapper (no dispatcher argument to type)"
 PEER_NOTES = set()  # why a peer is missing from the tables
 PEERS = [True]  # measure torchdiffeq and diffrax (--no-peers: False)
 
@@ -130,24 +134,49 @@ def workloads(n_batch):
 from _timing import median_time  # noqa: E402
 
 
+#: Rounds of the interleaved timing: every row of a workload runs once per round, in turn,
+#: so a burst of load from another process hits all rows alike instead of one.
+ROUNDS = 25
+#: Most calls of one row per round (a 20 µs solve: 200 calls per round, 5,000 in all).
+MAX_PER_ROUND = 200
+
+
 def repeats_for(seconds_per_call, budget):
     return int(max(3, min(500, budget / max(seconds_per_call, 1e-7))))
+
+
+def time_rows(cands, budget):
+    """Interleaved timing of ``cands`` (``(name, fn)`` pairs); per row the sorted call times.
+
+    Each row is called once first (compile, or load from the disk cache; timed apart),
+    then in each of :data:`ROUNDS` rounds every row runs ``k`` calls in turn, ``k`` chosen
+    so that a row spends about ``budget`` seconds in all. Every call is timed on its own,
+    so the minimum (the least disturbed run) and the spread can be reported.
+    """
+    firsts, outs, per_call = {}, {}, {}
+    for name, fn in cands:
+        t0 = time.perf_counter()
+        outs[name] = fn()
+        firsts[name] = time.perf_counter() - t0
+        per_call[name] = median_time(fn, 3)
+    times = {name: [] for name, _ in cands}
+    for _ in range(ROUNDS):
+        for name, fn in cands:
+            k = int(max(1, min(MAX_PER_ROUND, budget / ROUNDS / max(per_call[name], 1e-7))))
+            for _ in range(k):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return firsts, outs, {name: sorted(v) for name, v in times.items()}
 
 
 def run_workload(label, f_nb, f_py, y0, t1, args, f_ip, f_ip0, budget):
     ref = solve_ivp(f_py, (0.0, t1), y0, method="DOP853", rtol=1e-13, atol=1e-13,
                     args=args).y[:, -1]
-    rows = []
+    cands = []  # (name, fn, result)
 
     def measure(name, fn, result):
-        first = time.perf_counter()
-        out = fn()
-        first = time.perf_counter() - first
-        reps = repeats_for(first, budget)
-        t = median_time(fn, reps)
-        y_end, nfev = result(out)
-        rows.append({"solver": name, "time": t, "nfev": nfev,
-                     "error": float(np.abs(y_end - ref).max()), "first": first, "reps": reps})
+        cands.append((name, fn, result))
 
     measure("SciPy solve_ivp RK45",
             lambda: solve_ivp(f_py, (0.0, t1), y0, rtol=RTOL, atol=ATOL, args=args),
@@ -171,10 +200,16 @@ def run_workload(label, f_nb, f_py, y0, t1, args, f_ip, f_ip0, budget):
                     lambda m=method: nodeform.solve(f_ip0, y0, [0.0, t1], rtol=RTOL, atol=ATOL,
                                                     method=m),
                     lambda s: (s.ys[-1], s.stats["nfev"]))
-    measure("nodeform Numba dopri5, in-place, specialize=True (f compiled into the loop)",
-            lambda: nodeform.solve(f_ip, y0, [0.0, t1], rtol=RTOL, atol=ATOL, args=args,
-                                   specialize=True),
-            lambda s: (s.ys[-1], s.stats["nfev"]))
+    for method in ("dopri5", "tsit5"):
+        measure(f"nodeform Numba {method}, in-place, specialize=True (f compiled into the loop)",
+                lambda m=method: nodeform.solve(f_ip, y0, [0.0, t1], rtol=RTOL, atol=ATOL,
+                                                args=args, method=m, specialize=True),
+                lambda s: (s.ys[-1], s.stats["nfev"]))
+    if f_ip0 is not None:
+        measure("nodeform Numba dopri5, in-place, specialize=True, no args",
+                lambda: nodeform.solve(f_ip0, y0, [0.0, t1], rtol=RTOL, atol=ATOL,
+                                       specialize=True),
+                lambda s: (s.ys[-1], s.stats["nfev"]))
     measure("minimal hand-written njit dopri5 (allocating f)",
             lambda: minimal_dopri5(f_nb, 0.0, t1, y0, args, RTOL, ATOL, 1e-3),
             lambda r: r)
@@ -185,9 +220,38 @@ def run_workload(label, f_nb, f_py, y0, t1, args, f_ip, f_ip0, budget):
         measure(LIMIT + ", no args",
                 lambda: limit_dopri5(f_ip0, 0.0, t1, y0, (), RTOL, ATOL, 1e-3),
                 lambda r: r)
+    limit_global = _limit_with_field(f_ip)
+    measure(LIMIT_GLOBAL,
+            lambda: limit_global(0.0, t1, y0, args, RTOL, ATOL, 1e-3),
+            lambda r: r)
+    firsts, outs, times = time_rows([(name, fn) for name, fn, _ in cands], budget)
+    rows = []
+    for name, _, result in cands:
+        y_end, nfev = result(outs[name])
+        ts = times[name]
+        rows.append({"solver": name, "time": ts[0], "median": ts[len(ts) // 2],
+                     "p90": ts[int(0.9 * (len(ts) - 1))], "nfev": nfev,
+                     "error": float(np.abs(y_end - ref).max()), "first": firsts[name],
+                     "reps": len(ts)})
     if PEERS[0]:
         rows += peer_rows(f_py, y0, t1, args, ref, budget)
     return label, rows, ref
+
+
+# (in-place field) -> limit_dopri5 with that field as a compile-time constant
+_LIMIT_GLOBAL = {}
+
+
+def _limit_with_field(f_ip):
+    """``limit_dopri5`` with ``f_ip`` a global of a wrapper, not an argument: Numba then
+    types no dispatcher in Python per call (about 8 µs), so this row is the loop alone."""
+    fn = _LIMIT_GLOBAL.get(f_ip)
+    if fn is None:
+        @njit
+        def fn(t0, t1, y0, args, rtol, atol, h):
+            return limit_dopri5(f_ip, t0, t1, y0, args, rtol, atol, h)
+        _LIMIT_GLOBAL[f_ip] = fn
+    return fn
 
 
 def peer_rows(f_py, y0, t1, args, ref, budget):
@@ -303,16 +367,21 @@ def _torch_field(f_py, y, targs):
 
 def format_table(label, rows):
     lines = [f"### {label}", "",
-             "| solver | time / solve | evaluations | max error at t_end | speed vs SciPy RK45 "
-             "| time / compiled limit |",
-             "|---|---|---|---|---|---|"]
+             "| solver | time / solve (min) | median, p90 | evaluations | max error at t_end "
+             "| speed vs SciPy RK45 | time / compiled limit | time / limit, f global |",
+             "|---|---|---|---|---|---|---|---|"]
     limit = next(r["time"] for r in rows if r["solver"] == LIMIT)
+    limit_g = next((r["time"] for r in rows if r["solver"] == LIMIT_GLOBAL), float("nan"))
     for r in rows:
         t = r["time"]
-        ts = f"{t * 1e6:.1f} µs" if t < 1e-3 else f"{t * 1e3:.2f} ms"
-        lines.append(f"| {r['solver']} | {ts} | {r['nfev']} | {r['error']:.1e} | "
-                     f"{r['ratio']:.1f}x | {t / limit:.2f} |")
+        spread = (f"{_fmt(r['median'])}, {_fmt(r['p90'])}" if "median" in r else "–")
+        lines.append(f"| {r['solver']} | {_fmt(t)} | {spread} | {r['nfev']} | {r['error']:.1e} | "
+                     f"{r['ratio']:.1f}x | {t / limit:.2f} | {t / limit_g:.2f} |")
     return "\n".join(lines)
+
+
+def _fmt(t):
+    return f"{t * 1e6:.1f} µs" if t < 1e-3 else f"{t * 1e3:.2f} ms"
 
 
 def main(argv=None):
@@ -321,6 +390,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 1,000 oscillators")
     parser.add_argument("--batch", type=int, default=None, help="oscillators in the batch")
     parser.add_argument("--no-peers", action="store_true", help="skip torchdiffeq and diffrax")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="only Van der Pol and Lorenz (the batch's SciPy row takes long)")
     opts = parser.parse_args(argv)
     n_batch = opts.batch or (1000 if opts.quick else 10_000)
     budget = 0.3 if opts.quick else 2.0  # seconds of repeats per row
@@ -351,14 +422,18 @@ def main(argv=None):
     import scipy
     print(f"# nodeform solver benchmark (rtol {RTOL:g}, atol {ATOL:g}, float64)\n")
     print(f"Python {sys.version.split()[0]}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
-          f"Numba {numba.__version__}, {os.cpu_count()} CPU cores. Times are medians of repeated "
-          "solves, compile excluded; errors are against SciPy DOP853 at rtol = atol = 1e-13.\n")
+          f"Numba {numba.__version__}, {os.cpu_count()} CPU cores. SciPy and nodeform rows: the "
+          f"minimum over repeated solves timed one by one, the rows interleaved ({ROUNDS} "
+          "rounds, each row in turn), with the median and 90th percentile beside it; peer rows "
+          "(torchdiffeq, diffrax): medians. Compile excluded; ratios from the minima; errors "
+          "against SciPy DOP853 at rtol = atol = 1e-13.\n")
+    chosen = workloads(n_batch)[:2 if opts.no_batch else 3]
     results = []
-    for wl in workloads(n_batch):
+    for wl in chosen:
         results.append(run_workload(*wl, budget=budget))
     # diffrax last: once JAX has run, its idle CPU threads slow NumPy's BLAS and torch many
     # times over (SciPy's stacked RK45 went from 31 ms to 1.9 s), so no peer runs after it
-    for wl, (label, rows, ref) in zip(workloads(n_batch), results):
+    for wl, (label, rows, ref) in zip(chosen, results):
         _, _, _, y0, t1, args = wl[:6]
         if PEERS[0]:
             rows += diffrax_rows(wl[2], y0, t1, args, ref, budget)

@@ -82,3 +82,25 @@ def _inplace_bad_out(t, y, out, mu):
 def test_wrong_inplace_field_gets_a_clear_error(f, match):
     with pytest.raises(VectorFieldError, match=match):
         nf.solve(f, Y0, [0.0, 1.0], args=(MU,))
+
+
+def test_field_compiled_into_the_fixed_grid_loop_matches():
+    ref = nf.solve(vdp, Y0, TS, args=(MU,), method="rk4", step_size=0.01)
+    got = nf.solve(vdp_inplace, Y0, TS, args=(MU,), method="rk4", step_size=0.01,
+                   specialize=True)
+    assert got.stats == ref.stats
+    np.testing.assert_array_equal(got.ys, ref.ys)
+
+
+def test_specialized_loop_is_built_once_and_named_in_the_compile_log():
+    from numba import types
+
+    from nodeform.ode._fnptr import _describe_compile
+    from nodeform.ode._numba_rk import ADAPTIVE_LOOPS, specialized
+
+    loop = specialized(ADAPTIVE_LOOPS["dopri5"], vdp_inplace)
+    assert specialized(ADAPTIVE_LOOPS["dopri5"], vdp_inplace) is loop
+    line = _describe_compile(loop, (types.UniTuple(types.float64, 1), types.float64[::1]))
+    assert line.startswith("numba: compiling the dopri5 adaptive solver loop for args "
+                           "UniTuple(float64 x 1) with the field `vdp_inplace` compiled in")
+    assert "not cached on disk" in line

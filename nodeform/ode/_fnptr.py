@@ -31,7 +31,7 @@ from numba.extending import intrinsic, overload
 
 __all__ = ["field_handle", "field_function", "function_handle", "build_function", "args_key",
            "FIELD_RETURN", "STATE", "HANDLE", "INPLACE_HANDLE", "is_handle_type",
-           "install_compile_log", "is_inplace", "check_field", "field_call"]
+           "install_compile_log", "is_inplace", "is_inplace_type", "check_field", "field_call"]
 
 #: The state type every vector field receives: a 1-D C-contiguous float64 array.
 STATE = types.float64[::1]
@@ -230,13 +230,19 @@ def _describe_compile(dispatcher, args):
     """One line saying what is being compiled and why (see :func:`install_compile_log`)."""
     py = dispatcher.py_func
     name, module = py.__name__, py.__module__ or ""
+    field = getattr(py, "_nodeform_field", None)  # a loop with the field compiled in
+    if field is not None:
+        args = (types.none,) + tuple(args)  # the loop's arguments, f itself left out
     if name.startswith("solve_adaptive") or name.startswith("solve_fixed"):
         method = name.split("_", 2)[2] if name.count("_") >= 2 else "generic"
         kind = "adaptive" if name.startswith("solve_adaptive") else "fixed-grid"
         what = f"the {method} {kind} solver loop"
         if len(args) > 1 and isinstance(args[1], types.BaseTuple) and len(args[1]):
             what += f" for args {args[1]}"
-        if len(args) and not is_handle_type(args[0]) and not isinstance(args[0], types.FunctionType):
+        if field is not None:
+            what += f" with the field `{getattr(field, '__name__', field)}` compiled in"
+        elif (len(args) and not is_handle_type(args[0])
+              and not isinstance(args[0], types.FunctionType)):
             fname = getattr(getattr(args[0], "dispatcher", None), "py_func", None)
             what += f" with the field `{getattr(fname, '__name__', args[0])}` compiled in"
     elif module.startswith("nodeform") and name in _COMPILE_WHAT:
@@ -314,6 +320,12 @@ def check_field(f, args, t0, y0, inplace=False):
     None), so a good field pays nothing. The reference engine's rules apply: a field that
     returns int64 or float32 is refused as there (the loop would otherwise cast silently).
     """
+    try:
+        key = (f, args_key(args), inplace)
+        if _CHECKED.get(key):  # before the imports: a repeated solve pays one lookup
+            return
+    except TypeError:
+        key = None
     import inspect
 
     from numba.core.errors import TypingError
@@ -321,12 +333,6 @@ def check_field(f, args, t0, y0, inplace=False):
     from nodeform.ode.errors import VectorFieldError
     from nodeform.ode.loops import check_vector_field_output
 
-    try:
-        key = (f, args_key(args), inplace)
-        if _CHECKED.get(key):
-            return
-    except TypeError:
-        key = None
     try:
         arg_types = tuple(numba.typeof(a) for a in args)
     except Exception as exc:  # noqa: BLE001 - any object Numba cannot type
@@ -424,16 +430,18 @@ def field_call(f, t, y, args, K, i):
 
 @overload(field_call)
 def _field_call_impl(f, t, y, args, K, i):
-    if isinstance(f, types.FunctionType) and f.signature.return_type == types.none:
-        def impl(f, t, y, args, K, i):
-            out = K[i]
-            f(t, y, out, *args)
-            return out
-        return impl
-    if isinstance(f, types.Dispatcher) and is_inplace(f.dispatcher, args.types):
+    if is_inplace_type(f, args):
         def impl(f, t, y, args, K, i):
             out = K[i]
             f(t, y, out, *args)
             return out
         return impl
     return lambda f, t, y, args, K, i: f(t, y, *args)
+
+
+def is_inplace_type(f, args):
+    """At compile time: True when the Numba type ``f`` (with ``args``' tuple type) is an
+    in-place field, as :func:`field_call` tells them apart."""
+    if isinstance(f, types.FunctionType):
+        return f.signature.return_type == types.none
+    return isinstance(f, types.Dispatcher) and is_inplace(f.dispatcher, args.types)

@@ -8,8 +8,8 @@ NumPy float64 only, 1-D state, the stages live in a preallocated ``K`` of shape
 the same :class:`~nodeform.ode.errors.SolverError` the reference raises.
 
 The vector field is an ``@numba.njit`` function ``f(t, y, *args) -> dy``, or in place
-``f(t, y, out, *args)`` writing dy/dt into ``out`` (a row of ``K``: no allocation per
-evaluation; told apart by the number of parameters, see :func:`nodeform.ode._fnptr.is_inplace`);
+``f(t, y, out, *args)`` writing dy/dt into ``out`` (one scratch row in the generated steps,
+a row of ``K`` in the generic one: no allocation per evaluation; told apart by the number of parameters, see :func:`nodeform.ode._fnptr.is_inplace`);
 ``args`` is a tuple passed through unchanged. Each built-in method
 (:data:`~nodeform.ode.tableaus.METHODS`) has its own compiled loop whose step is
 straight-line code with the tableau's nonzero coefficients as literals (generated from
@@ -20,11 +20,13 @@ tableau from arrays. Both share one body (:func:`_adaptive_body`, :func:`_fixed_
 add the same terms in the same order. ``f`` normally arrives as a function-pointer handle
 (see :mod:`nodeform.ode._fnptr`): the loop is then specialized per type of ``args`` only,
 and ``cache=True`` loads it from disk in a second process. When ``f`` cannot be called
-through a pointer (it returns a non-contiguous or non-float64 array, say), the
-dispatcher itself is passed: the loop is specialized per ``f`` and recompiled in every
-process (:func:`uncached`: never through the disk cache). ``solve(..., specialize=True)``
-takes that path on purpose: ``f`` is compiled into the loop (inlined by LLVM), the
-fastest solve, for one loop compile per field and process.
+through a pointer (it returns a non-contiguous or non-float64 array, say), ``f`` is
+compiled into the loop instead: a wrapper per (loop, ``f``) holds it as a global,
+recompiled in every process (:func:`specialized`: never through the disk cache).
+``solve(..., specialize=True)`` takes that path on purpose (``f`` inlined by LLVM): for a
+small in-place field no faster than the pointer path (the step's operations are inlined
+into the loop, so a call through the pointer costs a few ns), for one loop compile per
+field and process.
 
 Debug with ``NUMBA_DISABLE_JIT=1`` (the same code runs as Python), switch the compiled
 engine off with ``NODEFORM_NUMBA=0``.
@@ -41,7 +43,7 @@ from numba.extending import overload
 __all__ = ["solve_adaptive", "solve_fixed", "ADAPTIVE_LOOPS", "FIXED_LOOPS", "ST_OK",
            "ST_MAX_STEPS", "ST_UNDERFLOW", "ST_NONFINITE_START", "ST_NONFINITE", "ST_BAD_SHAPE"]
 
-from nodeform.ode._fnptr import field_call, field_function
+from nodeform.ode._fnptr import field_call, field_function, is_inplace_type
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
 from nodeform.ode.tableaus import METHODS
@@ -62,6 +64,9 @@ SMALL_N = 16
 #: accumulators (numpy/_core/src/umath/loops_utils.h.src, PW_BLOCKSIZE). The error norm
 #: sums the same way, so it equals the reference engine's ``np.mean`` bit for bit.
 PW_BLOCKSIZE = 128
+#: NumPy's pairwise leaf adds fewer than this many terms one by one, left to right, from 0.0
+#: (its 8 accumulators start at 8 terms).
+PW_UNROLL = 8
 #: The tag of the generic, array-driven step (user-defined tableaus).
 GENERIC = "generic"
 
@@ -276,7 +281,7 @@ def nonfinite_cause_words(cause, stage, y):
 @njit(cache=True)
 def _pairwise_leaf(x, lo, n):
     """``sum(x[lo:lo + n])`` for ``n <= PW_BLOCKSIZE``, in NumPy's order (8 accumulators)."""
-    if n < 8:
+    if n < PW_UNROLL:
         res = 0.0
         for i in range(lo, lo + n):
             res += x[i]
@@ -430,11 +435,16 @@ def _terms_expr(terms):
     return " + ".join(f"K[{j}, m] * {w!r}" for j, w in terms)
 
 
-def _step_source(tab, what):
+def _step_source(tab, what, inplace=False):
     """Source of the straight-line ``what`` operation ("stages", "combine", "ratio") for ``tab``.
 
     Every coefficient is written with ``repr`` (exact round trip), zero weights are left
     out, and each sum runs left to right, as :func:`nodeform.ode.rk.weighted_sum` does.
+    ``inplace`` (stages only): ``f`` is an in-place field, called as
+    ``f(t, y_stage, acc, *args)`` right here, writing into the scratch ``acc``, which the
+    next pass reads; no variable, view or check per call (an array assigned to a variable
+    around a call through a pointer costs Numba two reference-count calls each side, about
+    20 ns, as much as a small field itself).
     """
     s = tab.n_stages
     last = s - 1
@@ -445,6 +455,7 @@ def _step_source(tab, what):
         # input). With ``shift`` the first pass also copies K[s-1] into K[0] (FSAL).
         lines = ["def impl(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):",
                  "    n = y.shape[0]"]
+        res = "acc" if inplace else "o"  # where f's last result is
         for i in range(1, s):
             terms = tab.A_terms[i]
             variants = [("    ", None)]
@@ -462,7 +473,7 @@ def _step_source(tab, what):
                     lines.append(f"{ind}    K[0, m] = o_m")
                     fresh = 0
                 elif i > 1:
-                    lines.append(f"{ind}    o_m = o[m]")
+                    lines.append(f"{ind}    o_m = {res}[m]")
                     lines.append(f"{ind}    K[{i - 1}, m] = o_m")
                     fresh = i - 1
                 if terms:
@@ -471,13 +482,16 @@ def _step_source(tab, what):
                     lines.append(f"{ind}    y_stage[m] = y[m] + ({expr}) * h")
                 else:
                     lines.append(f"{ind}    y_stage[m] = y[m]")
-            lines.append(f"    o = field_call(f, t + {tab.c_list[i]!r} * h, y_stage, args, K, {i})")
-            lines.append("    if o.shape[0] != n:")
-            lines.append("        return o")
+            if inplace:  # writes into the scratch ``acc`` (unused here otherwise)
+                lines.append(f"    f(t + {tab.c_list[i]!r} * h, y_stage, acc, *args)")
+            else:
+                lines.append(f"    o = f(t + {tab.c_list[i]!r} * h, y_stage, *args)")
+                lines.append("    if o.shape[0] != n:")
+                lines.append("        return o")
         if not tab.fsal:  # an FSAL method's error-ratio pass stores it (or _step_store_last)
             lines.append("    for m in range(n):")
-            lines.append(f"        K[{last}, m] = o[m]")
-        lines.append("    return o")
+            lines.append(f"        K[{last}, m] = {res}[m]")
+        lines.append(f"    return {res}")
     elif what == "store_last":
         lines = ["def impl(tag, K, o):"]
         if tab.fsal:
@@ -501,10 +515,20 @@ def _step_source(tab, what):
                               for j, w in terms)
         else:
             expr = _terms_expr(terms)
-        lines += ["        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
-                  f"        x = ({expr}) * h / sc",
-                  "        sq[m] = x * x",
-                  "    return _rms_of_squares(sq, n)"]
+        body = lines[3:]  # the pass's common lines, after "for m in range(n):"
+        body += ["        sc = atol + rtol * max(abs(y[m]), abs(y_new[m]))",
+                 f"        x = ({expr}) * h / sc"]
+        # below 8 components NumPy's pairwise sum is a plain left-to-right sum from 0.0
+        # (see _pairwise_leaf): accumulated here in the same order, the same bits, with no
+        # store of the squares and no call
+        lines = lines[:2] + [f"    if n < {PW_UNROLL}:",
+                             "        ss = 0.0",
+                             "        for m in range(n):"]
+        lines += ["    " + ln for ln in body] + ["            ss += x * x",
+                                                 "        return math.sqrt(ss / n) if n > 0 else 0.0",
+                                                 "    for m in range(n):"]
+        lines += body + ["        sq[m] = x * x",
+                         "    return _rms_of_squares(sq, n)"]
     return "\n".join(lines) + "\n"
 
 
@@ -512,25 +536,32 @@ def _step_source(tab, what):
 _GENERATED = {}
 
 
-def _generated(tag, what, generic):
+def _generated(tag, what, generic, inplace=False):
     """The implementation of ``what`` for the literal ``tag``: generated, or ``generic``."""
     if not isinstance(tag, types.StringLiteral) or tag.literal_value not in METHODS:
         return generic
     name = tag.literal_value
-    key = (name, what)
+    key = (name, what, inplace)
     if key not in _GENERATED:
-        namespace = {"_eval": _eval, "_rms_of_squares": _rms_of_squares, "field_call": field_call}
-        exec(compile(_step_source(METHODS[name], what), f"<nodeform {name} {what}>", "exec"),
-             namespace)
+        namespace = {"math": math, "_eval": _eval, "_rms_of_squares": _rms_of_squares,
+                     "field_call": field_call}
+        exec(compile(_step_source(METHODS[name], what, inplace), f"<nodeform {name} {what}>",
+                     "exec"), namespace)
         _GENERATED[key] = namespace["impl"]
     return _GENERATED[key]
 
 
-@overload(_step_stages, prefer_literal=True)
+# The two operations of every adaptive step are inlined into the loop (Numba IR): as
+# separate functions each call increfs and decrefs their arrays (about 10 calls into the
+# runtime per step), 15% of a Van der Pol solve (44 -> 37 µs). The price is compile time:
+# about 2.5 s more CPU per loop compile (in-place dopri5 5.7 -> 8.4 s; chapters 1-3
+# --quick from an empty cache 30.1 -> 31.5 s CPU). combine (non-FSAL pairs only) and
+# store_last (fixed grid) stay calls: inlining them bought nothing measurable.
+@overload(_step_stages, prefer_literal=True, inline="always")
 def _step_stages_impl(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
     def generic(tag, f, args, t, y, h, A, c, K, y_stage, acc, shift):
         return _stages(f, args, t, y, h, A, c, K, y_stage, acc, shift)
-    return _generated(tag, "stages", generic)
+    return _generated(tag, "stages", generic, is_inplace_type(f, args))
 
 
 @overload(_step_store_last, prefer_literal=True)
@@ -547,7 +578,7 @@ def _step_combine_impl(tag, y, K, b, h, out, acc):
     return _generated(tag, "combine", generic)
 
 
-@overload(_step_ratio, prefer_literal=True)
+@overload(_step_ratio, prefer_literal=True, inline="always")
 def _step_ratio_impl(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):
     def generic(tag, K, e, h, y, y_new, rtol, atol, acc, sq, o):
         return _generic_ratio(K, e, h, y, y_new, rtol, atol, acc, sq)
@@ -923,3 +954,41 @@ def uncached(loop):
         nc = njit(error_model="numpy")(loop.py_func)
         _UNCACHED[loop] = nc
     return nc
+
+
+# (cached loop, f) -> that loop with f compiled in, taking the loop's arguments but f
+_SPECIALIZED = {}
+#: The loops' arguments after ``f``, as the specialized wrappers spell them.
+_ADAPTIVE_PARAMS = ("args, t_out, y0, A, b, c, e, P, has_dense, fsal, err_order, rtol, atol, "
+                    "first_step, max_step, max_steps, alpha, beta, trace")
+_FIXED_PARAMS = "args, t_out, y0, A, b, c, fsal, counts"
+
+
+def specialized(loop, f):
+    """``loop`` with the field ``f`` compiled in: called as ``loop``, without its first argument.
+
+    The field is a compile-time constant of the generated loop (a global of its source),
+    not an argument: Numba types a dispatcher argument in Python on every call (about
+    8 µs, a quarter of a small solve), while the remaining arguments are numbers, arrays
+    and tuples, which it types in C. ``f`` is then a direct call that LLVM inlines into
+    the stages. One compile per (loop, field) and process; never from the disk cache (its
+    key would name the dispatcher by address, see :func:`uncached`).
+    """
+    key = (loop, f)
+    fn = _SPECIALIZED.get(key)
+    if fn is not None:
+        return fn
+    name = loop.py_func.__name__
+    adaptive = name.startswith("solve_adaptive")
+    tag = name.split("_", 2)[2] if name.count("_") >= 2 else GENERIC
+    params = _ADAPTIVE_PARAMS if adaptive else _FIXED_PARAMS
+    body = "_adaptive_body" if adaptive else "_fixed_body"
+    src = (f"def {name}({params}):\n"
+           f"    return {body}({tag!r}, FIELD, {params})\n")
+    namespace = {"_adaptive_body": _adaptive_body, "_fixed_body": _fixed_body, "FIELD": f}
+    exec(compile(src, f"<nodeform {name} with a field compiled in>", "exec"), namespace)
+    py = namespace[name]
+    py._nodeform_field = f  # for the compile log (nodeform.ode._fnptr.install_compile_log)
+    fn = njit(error_model="numpy")(py)
+    _SPECIALIZED[key] = fn
+    return fn

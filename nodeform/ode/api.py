@@ -17,6 +17,8 @@ import numpy as np
 
 from nodeform.backend import get_xp, is_device_array, raw, require_host, sync_count
 from nodeform.ode import errors as _st
+# imported here, not in _run_numba: a function-level import costs about 1 µs per solve
+from nodeform.ode._fnptr import check_field, field_handle, is_inplace
 from nodeform.ode import controller as ctl
 from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentError, SolverError,
                                  StepSizeUnderflowError, max_steps_message, nonfinite_message,
@@ -170,7 +172,16 @@ def _check_y0(y0):
 
 
 def _is_numba_function(f):
-    return type(f).__module__.startswith("numba") and hasattr(f, "py_func")
+    ok = type(f).__module__.startswith("numba") and hasattr(f, "py_func")
+    if ok and hasattr(f, "get_compile_result"):  # a dispatcher class: remembered by type
+        _NUMBA_TYPES.add(type(f))
+    return ok
+
+
+#: Types of ``@numba.njit`` dispatchers seen so far (select_engine's fast path).
+_NUMBA_TYPES = set()
+#: The native float64 dtype (a singleton: ``is`` is cheaper than ``== np.float64``).
+_F64 = np.dtype(np.float64)
 
 
 def select_engine(f, y0, engine="auto"):
@@ -180,6 +191,9 @@ def select_engine(f, y0, engine="auto"):
     array, and ``NODEFORM_NUMBA`` is not ``"0"``; ``engine="numba"`` insists (and says why
     it cannot), ``engine="reference"`` refuses.
     """
+    if (engine == "auto" and type(y0) is np.ndarray and y0.ndim == 1 and y0.dtype is _F64
+            and type(f) in _NUMBA_TYPES and os.environ.get("NODEFORM_NUMBA", "1") != "0"):
+        return "numba"  # the common case, decided without building the reasons
     if engine not in _ENGINES:
         raise _bad(f"`engine` = {engine!r} is not one of {_ENGINES}.")
     if engine == "reference":
@@ -263,10 +277,15 @@ def _numba_plan(tab, controller):
     return plan
 
 
+# (loop, f) -> the loop with f compiled in (nodeform.ode._numba_rk.specialized), without
+# a function-level import per solve
+_SPECIALIZED = {}
+
+
 def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_steps, max_step,
                controller, trace, specialize=False):
-    from nodeform.ode._fnptr import check_field, field_handle, is_inplace
-    args = tuple(args)
+    if type(args) is not tuple:  # e.g. a namedtuple: the loops take a plain tuple
+        args = tuple(args)
     inplace = is_inplace(f, args)  # f(t, y, out, *args) writes dy/dt into out
     jitted = hasattr(f, "get_compile_result")
     # the loops cache across processes only with a handle; fall back on the dispatcher.
@@ -274,12 +293,8 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
     fh = field_handle(f, args, inplace) if jitted and not specialize else None
     if fh is None and jitted:
         check_field(f, args, t_arr[0], y0, inplace)  # a clear error, not Numba's TypingError
-    f_loop = f if fh is None else fh
     (A, b, c, e, P, has_dense, fsal, err_order, alpha, beta, adaptive_loop,
      fixed_loop) = _numba_plan(tab, controller)
-    if fh is None:  # f itself goes into the loop: never through the disk cache (see uncached)
-        from nodeform.ode._numba_rk import uncached
-        adaptive_loop, fixed_loop = uncached(adaptive_loop), uncached(fixed_loop)
     if step_size is not None or not tab.adaptive:
         counts = np.asarray(fixed_grid_counts(list(t_arr), step_size), dtype=np.int64)
         if counts.sum() > max_steps:
@@ -287,16 +302,25 @@ def _run_numba(f, args, t_arr, y0, tab, rtol, atol, step_size, first_step, max_s
                 f"a fixed grid with `step_size` = {step_size} needs {int(counts.sum())} steps, "
                 f"more than `max_steps` = {max_steps}. Try: a larger `step_size`, or raise "
                 "`max_steps`.", t=float(t_arr[0]), step=0)
-        ys, info, bad, tr = fixed_loop(f_loop, args, t_arr, y0, A, b, c, fsal, counts)
+        loop = fixed_loop
+        loop_args = (args, t_arr, y0, A, b, c, fsal, counts)
     else:
-        ys, info, bad, tr = adaptive_loop(
-            f_loop, args, t_arr, y0, A, b, c, e, P, has_dense, fsal, err_order, float(rtol),
-            float(atol),
-            -1.0 if first_step is None else float(first_step), float(max_step), int(max_steps),
-            alpha, beta, bool(trace))
-    status = int(info[0])
-    stats = {"nfev": int(info[2]), "n_steps": int(info[3]), "n_accepted": int(info[4]),
-             "n_rejected": int(info[5])}
+        loop = adaptive_loop
+        loop_args = (args, t_arr, y0, A, b, c, e, P, has_dense, fsal, err_order, float(rtol),
+                     float(atol), -1.0 if first_step is None else float(first_step),
+                     float(max_step), int(max_steps), alpha, beta, bool(trace))
+    if fh is None:  # f compiled into the loop: never through the disk cache (see specialized)
+        spec = _SPECIALIZED.get((loop, f))
+        if spec is None:
+            from nodeform.ode._numba_rk import specialized
+            spec = _SPECIALIZED[(loop, f)] = specialized(loop, f)
+        ys, info, bad, tr = spec(*loop_args)
+    else:
+        ys, info, bad, tr = loop(fh, *loop_args)
+    st = info.tolist()  # one conversion, not one NumPy scalar per entry
+    status = int(st[0])
+    stats = {"nfev": int(st[2]), "n_steps": int(st[3]), "n_accepted": int(st[4]),
+             "n_rejected": int(st[5])}
     trace_d = None
     if trace and tr.shape[0]:
         m = stats["n_steps"]
@@ -390,9 +414,10 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         ``controller`` (``"pi"`` default, or ``"i"``), ``trace`` (record every step),
         ``throw`` (default True; False returns a failed ``Solution`` instead of raising),
         ``engine`` (``"auto"``, ``"reference"``, ``"numba"``), ``specialize`` (Numba engine:
-        compile ``f`` into the loop instead of calling it through a pointer; the fastest
-        path, at the cost of one loop compile per field and process, 2-10 s, which the
-        disk cache does not keep).
+        compile ``f`` into the loop instead of calling it through a pointer; for a small
+        in-place field the pointer path is as fast (within 5%), so it pays off for larger
+        fields that LLVM can optimize together with the stages, at the cost of one loop
+        compile per field and process, 4-10 s, which the disk cache does not keep).
         Step-size control and outputs (for teaching and experiments; no library edit needed):
         ``controller`` may also be a pair ``(alpha, beta)`` of exponents in units of
         ``1/(q+1)`` (``(1, 0)`` is "i", ``(0.85, 0.2)`` is "pi"); ``safety`` (default 0.9,
@@ -432,28 +457,33 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
         warnings.warn(f"`rtol` = {rtol} is below {MIN_RTOL:.1e}, which float64 cannot meet; "
                       f"using {MIN_RTOL:.1e}.", stacklevel=2)
         rtol = MIN_RTOL
-    step_size = options.get("step_size")
-    first_step = options.get("first_step")
-    max_steps = options.get("max_steps", MAX_STEPS)
-    max_step = options.get("max_step", math.inf)
-    controller = options.get("controller", "pi")
-    trace = bool(options.get("trace", False))
-    throw = bool(options.get("throw", True))
-    if step_size is not None:
-        _check_positive("step_size", step_size)
-    if first_step is not None:
-        _check_positive("first_step", first_step)
-    if not (type(max_steps) is int and max_steps > 0):
-        _check_positive("max_steps", max_steps, integer=True)
-    if not (type(max_step) is float and max_step > 0.0):
-        _check_positive("max_step", max_step)
-    if controller not in ctl.CONTROLLERS:
-        try:
-            ctl.controller_exponents(controller, 1)
-        except ValueError as exc:
-            raise _bad(str(exc)) from None
-        controller = tuple(float(v) for v in controller)
-    control = _check_control(options)
+    if options:
+        step_size = options.get("step_size")
+        first_step = options.get("first_step")
+        max_steps = options.get("max_steps", MAX_STEPS)
+        max_step = options.get("max_step", math.inf)
+        controller = options.get("controller", "pi")
+        trace = bool(options.get("trace", False))
+        throw = bool(options.get("throw", True))
+        if step_size is not None:
+            _check_positive("step_size", step_size)
+        if first_step is not None:
+            _check_positive("first_step", first_step)
+        if not (type(max_steps) is int and max_steps > 0):
+            _check_positive("max_steps", max_steps, integer=True)
+        if not (type(max_step) is float and max_step > 0.0):
+            _check_positive("max_step", max_step)
+        if controller not in ctl.CONTROLLERS:
+            try:
+                ctl.controller_exponents(controller, 1)
+            except ValueError as exc:
+                raise _bad(str(exc)) from None
+            controller = tuple(float(v) for v in controller)
+        control = _check_control(options)
+    else:  # the defaults (valid by construction): a repeated small solve skips the checks
+        step_size = first_step = None
+        max_steps, max_step, controller = MAX_STEPS, math.inf, "pi"
+        trace, throw, control = False, True, {}
     if control and (step_size is not None or not getattr(tab, "adaptive", False)
                     or not hasattr(tab, "P")):
         raise _bad(f"{sorted(control)} apply to the adaptive Runge-Kutta pairs (dopri5, tsit5, "
@@ -464,16 +494,17 @@ def solve(f, y0, t, method="dopri5", rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, args=
                    f"{type(args).__name__}. Wrap a single one as (value,).")
     t_arr = _check_times(t)
     y0 = _check_y0(y0)
-    if options.get("engine") == "numba" or _is_numba_function(f):
+    opt_engine = options.get("engine", "auto") if options else "auto"
+    if opt_engine == "numba" or _is_numba_function(f):
         require_host(y0, "the Numba engine (an @numba.njit `f`, or engine='numba')")
-    engine = select_engine(f, y0, options.get("engine", "auto"))
+    engine = select_engine(f, y0, opt_engine)
     if control and engine == "numba":
         if options.get("engine") == "numba":
             raise _bad(f"`engine`='numba' cannot honour {sorted(control)}: the compiled loop has "
                        "the default safety factor, RMS norm and dense output built in. Use "
                        "engine='auto' (it runs the reference engine for these options).")
         engine = "reference"
-    xp = get_xp(y0)
+    xp = np if engine == "numba" else get_xp(y0)
     syncs0 = sync_count()
     try:
         if tab is ADAMS:
