@@ -398,3 +398,43 @@ savefig(fig, "ch04_memory")
 #   Sec. 3)?
 # * **ex4_3.** Remove the time channel (use `nn.Conv2d` in the field). Does the test
 #   error change? Count the parameters and compare with `paper.md` §2.2.
+
+# %% [markdown]
+# ### ex4_1, built
+#
+# A residual block with two stages, $h_{k+1} = h_k + \tfrac1L f\big(t_k + \tfrac{1}{2L},
+# h_k + \tfrac{1}{2L} f(t_k, h_k)\big)$ with $t_k = k/L$, is the midpoint rule. The student
+# copy of this chapter has a stub here; its check is `tests/exercises/test_ch04.py`.
+
+# %%
+def resnet_midpoint(f, h, L):
+    """L two-stage residual blocks with shared weights (the midpoint rule on [0, 1]).
+
+    Parameters
+    ----------
+    f : callable
+        ``f(t, h)`` -> array like ``h`` (B, D).
+    h : array (B, D)
+        The input ``h_0``.
+    L : int
+        Number of blocks; each is one midpoint step of size ``1 / L``.
+
+    Returns
+    -------
+    array (B, D)
+        ``h_L``, an approximation of ``z(1)`` with error ~ 1 / L**2.
+    """
+    # BEGIN SOLUTION ex4_1
+    dt = 1.0 / L
+    for k in range(L):
+        t = k * dt
+        h = h + dt * f(t + 0.5 * dt, h + 0.5 * dt * f(t, h))
+    return h
+    # END SOLUTION ex4_1
+
+
+errors_mid = [np.abs(resnet_midpoint(f_euler, h0, L) - z1).max() for L in depths]
+slope_mid = np.polyfit(np.log(depths[3:]), np.log(errors_mid[3:]), 1)[0]
+print("max |h_L - z(1)|, midpoint:", " ".join(f"{e:.1e}" for e in errors_mid))
+print(f"slope with two-stage blocks: {slope_mid:.2f} (the midpoint rule's order: -2)")
+assert abs(slope_mid + 2) < 0.2, "two-stage residual blocks should converge like the midpoint rule"

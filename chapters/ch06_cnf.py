@@ -493,3 +493,66 @@ print(f"chapter ran in {time.perf_counter() - T_START:.1f} s ({'quick' if QUICK 
 #    time and field scale matter for a time-independent field?
 # 5. **ex6_5** The planar NF's inverse uses bisection along $w$. Replace it by Newton's
 #    method with a bisection safeguard and count the iterations needed for 1e-12.
+
+# %% [markdown]
+# ### ex6_5, built
+#
+# Inverting one planar layer along $w$ means solving $g(a) = a + s\tanh(a + b) - c = 0$ for
+# $a = w^\top z$, with $s = w^\top\hat u > -1$ and $c = w^\top y$. $g$ is increasing
+# ($g' = 1 + s\,(1 - \tanh^2) > 0$) and changes sign on $[c - |s|, c + |s|]$. Newton's
+# step $a - g/g'$ converges quadratically near the root but can overshoot where $g'$ is
+# small (for $s$ near $-1$); keeping a bracket and bisecting whenever the Newton step leaves
+# it makes it safe. The student copy has a stub here; its check is
+# `tests/exercises/test_ch06.py`.
+
+# %%
+def invert_planar_newton(c, s, b, tol=1e-12, max_iter=100):
+    """Solve ``a + s tanh(a + b) = c`` elementwise by safeguarded Newton.
+
+    Parameters
+    ----------
+    c : array (k,)
+        Right-hand sides, ``w . y``.
+    s : float
+        ``w . u^``, greater than -1 (the layer is invertible).
+    b : float
+        The layer's bias.
+    tol : float
+        Stop when every ``|a + s tanh(a + b) - c| <= tol``.
+    max_iter : int
+        Most iterations; more raise ``RuntimeError``.
+
+    Returns
+    -------
+    a : array (k,)
+        The roots.
+    iterations : int
+        Iterations done (one Newton or bisection update of every entry each).
+    """
+    # BEGIN SOLUTION ex6_5
+    c = np.asarray(c, dtype=float)
+    lo, hi = c - abs(s) - 1e-12, c + abs(s) + 1e-12
+    a, last_step = c.copy(), hi - lo
+    for it in range(max_iter + 1):
+        th = np.tanh(a + b)
+        g = a + s * th - c
+        done = np.abs(g) <= tol
+        if np.all(done):
+            return a, it
+        hi, lo = np.where(g > 0, a, hi), np.where(g > 0, lo, a)
+        step = g / (1.0 + s * (1.0 - th * th))
+        # Newton only where it stays in the bracket and at least halves the previous step
+        # (else it may zig-zag across the root); bisection elsewhere.
+        use = (a - step >= lo) & (a - step <= hi) & (np.abs(step) <= 0.5 * last_step)
+        new = np.where(use, a - step, 0.5 * (lo + hi))
+        last_step = np.where(done, last_step, np.abs(new - a))
+        a = np.where(done, a, new)                      # converged entries stay put
+    raise RuntimeError(f"no convergence to {tol:g} in {max_iter} iterations")
+    # END SOLUTION ex6_5
+
+
+_c = np.linspace(-4.0, 4.0, 401)
+for _s in (-0.999, 0.5, 5.0):
+    _a, _its = invert_planar_newton(_c, _s, 0.3)
+    print(f"s = {_s:6.3f}: {_its} safeguarded Newton iterations to |g| <= 1e-12 "
+          f"(bisection needs about {math.ceil(math.log2(2 * abs(_s) / 1e-12))} halvings of the bracket)")

@@ -292,3 +292,32 @@ print(f"chapter ran in {time.perf_counter() - T_START:.1f} s")
 #   `np.log1p` in it by mistake and read the fake device's error.
 # * **ex8_3** On a GPU, time the ODE-Net step at batch 128, 1,024 and 8,192. Where does it stop
 #   being launch-bound? Compare with the recorded 0.6x / 48x of the reference neural ODE.
+
+# %% [markdown]
+# ### ex8_2, built
+#
+# A primitive's forward receives raw arrays, NumPy or CuPy (or the fake device's), and must
+# take its functions from `xp = backend.get_xp(x)`. Softplus, $\log(1 + e^x)$, must also be
+# stable: $e^{800}$ overflows, so write it as `xp.logaddexp(0, x)` (or with the max trick).
+# Its VJP, $g\,\sigma(x)$, is Tensor code and is given. The student copy has a stub here; its
+# check is `tests/exercises/test_ch08.py`.
+
+# %%
+def softplus_forward(x):
+    """``log(1 + exp(x))`` of a raw array on any backend, without overflow; same shape."""
+    # BEGIN SOLUTION ex8_2
+    xp = backend.get_xp(x)
+    return xp.logaddexp(0.0, x)
+    # END SOLUTION ex8_2
+
+
+SOFTPLUS = nf.defprim("ch08_softplus", softplus_forward, lambda g, ans, x: g * nf.sigmoid(x))
+
+x_fd = nf.Tensor(fd.asarray(np.array([-800.0, -1.0, 0.0, 2.0, 800.0])), requires_grad=True)
+y_fd = SOFTPLUS(x_fd)
+y_fd.sum().backward()
+print("softplus on the fake device:", backend.to_numpy(y_fd.data), "gradient",
+      backend.to_numpy(x_fd.grad.data))
+check("ch08.ex8_2_softplus", backend.is_device_array(y_fd.data)
+      and np.allclose(backend.to_numpy(y_fd.data), np.logaddexp(0.0, [-800.0, -1.0, 0.0, 2.0, 800.0])),
+      "the generic softplus primitive stays on the device and is finite at +-800")

@@ -33,3 +33,21 @@ def ch02():
 def ch03():
     """chapters/ch03_adjoint.py: start_values, ..., backward_sweep, rk_step_tensor."""
     return _chapter("ch03_adjoint")
+
+
+@pytest.fixture(scope="session")
+def ch04():
+    """chapters/ch04_odenet_mnist.py: resnet_shared, resnet_midpoint, the ODE block."""
+    return _chapter("ch04_odenet_mnist")
+
+
+@pytest.fixture(scope="session")
+def ch06():
+    """chapters/ch06_cnf.py: the planar CNF written out, invert_planar_newton."""
+    return _chapter("ch06_cnf")
+
+
+@pytest.fixture(scope="session")
+def ch08():
+    """chapters/ch08_gpu.py: softplus_forward and its primitive SOFTPLUS."""
+    return _chapter("ch08_gpu")
