@@ -306,9 +306,10 @@ if QUICK:
 #   each (`rk_combine`) and freed memory was kept for the next step; after, on a loaded
 #   machine with one thread per side, 1.42–1.44x where the old code took 1.89–2.02x in
 #   the same minutes (the quiet two-thread ratio is not yet re-measured).
-# * *RK-Net's error:* 3.00% against the anchor's 2.1%, outside the 0.5-point target; one
-#   seed each, and the RK-Net's run was interrupted and resumed several times (bit-exact,
-#   so that is not the cause). We have not run more seeds to tell noise from a difference.
+# * *RK-Net's error:* 2.70% against the anchor's 2.1%, outside the 0.5-point target; one
+#   seed each. An earlier run of the same seed gave 3.00% (and the ResNet 2.50% against
+#   2.30% now): float32 rounding differences alone move 15 epochs by 0.2–0.3 points. We
+#   have not run more seeds to tell noise from a difference.
 # * *NFE:* the anchor's dopri5 takes 3–4 steps per solve (21–26 evaluations); ours
 #   counts 6 per step plus 2 for the first step's selection, and untrained fields can
 #   take more steps.
