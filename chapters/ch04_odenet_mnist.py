@@ -304,7 +304,7 @@ if QUICK:
 #   nodeform took 1.39x torch's time per epoch for the ODE-Net, 1.98x for the ResNet and
 #   1.53x for the MLP. The RK-Net took 2.90x before its stage sums became one primitive
 #   each (`rk_combine`) and freed memory was kept for the next step; after, on a loaded
-#   machine with one thread per side, 1.42–1.44x where the old code took 1.89–2.02x in
+#   machine with one thread per side, 1.41–1.44x where the old code took 1.69–2.02x in
 #   the same minutes (the quiet two-thread ratio is not yet re-measured).
 # * *RK-Net's error:* 2.70% against the anchor's 2.1%, outside the 0.5-point target; one
 #   seed each. An earlier run of the same seed gave 3.00% (and the ResNet 2.50% against
