@@ -7,7 +7,7 @@ step made, and where the time went, grouped by primitive (forward and VJP apart)
 input), alternating the two versions in one process so load on the machine hits
 both alike:
 
-    python bench/profile_odenet_step.py [--repeats 3] [--batch 128] [--compare]
+    python bench/profile_odenet_step.py [--model odenet|rknet] [--repeats 3] [--batch 128] [--compare]
 """
 from __future__ import annotations
 
@@ -97,13 +97,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--model", choices=("odenet", "rknet"), default="odenet",
+                    help="rknet: gradients by backprop through dopri5 instead of the adjoint")
     ap.add_argument("--compare", action="store_true",
                     help="also time the composed GroupNorm and concatenating ConcatConv2d")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     y = np.arange(args.batch) % 10
-    model = odenet.build_model("odenet", dtype=np.float32)
+    model = odenet.build_model(args.model, dtype=np.float32)
 
     def step():
         model.zero_grad()
@@ -123,7 +125,7 @@ def main(argv=None):
     s = model.stats
     for v in versions:
         label = "fused GroupNorm + ConcatConv2d" if v else "composed (before)"
-        print(f"ODE-Net float32 step, batch {args.batch}, {label}: median "
+        print(f"{args.model} float32 step, batch {args.batch}, {label}: median "
               f"{statistics.median(times[v]):.3f} s over {args.repeats} (min {min(times[v]):.3f}); "
               f"NFE forward {s.nfe_forward}, backward {s.nfe_backward}")
     if args.compare:
@@ -145,9 +147,10 @@ def _profile(step, label):
     total = time.perf_counter() - t0
     print(f"\n{label}: instrumented step {total:.3f} s; {sum(counts.values())} primitive calls "
           "(a primitive's time includes the primitives it calls)")
-    print(f"{'primitive':<24} {'seconds':>8} {'share':>6}")
-    for name, sec in sorted(totals.items(), key=lambda kv: -kv[1])[:12]:
-        print(f"{name:<24} {sec:8.3f} {sec / total:6.1%}")
+    print(f"{'primitive':<24} {'seconds':>8} {'share':>6} {'calls':>6}")
+    for name, sec in sorted(totals.items(), key=lambda kv: -kv[1])[:16]:
+        calls = counts[name.rsplit(" (", 1)[0]] if name.endswith("(fwd)") else ""
+        print(f"{name:<24} {sec:8.3f} {sec / total:6.1%} {calls:>6}")
 
 
 if __name__ == "__main__":

@@ -301,12 +301,15 @@ if QUICK:
 #   trained while other jobs shared the 2 cores (up to 16 runnable processes), so their
 #   seconds are several times a quiet run's. Compare instead the ratio measured in one run
 #   by `python bench/bench_models.py` (bench/RESULTS-models.md): on a quiet machine,
-#   nodeform took 1.39x torch's time per epoch for the ODE-Net, 2.90x for the RK-Net
-#   (backprop through dopri5 records every stage as Tensor operations), 1.98x for the
-#   ResNet and 1.53x for the MLP.
-# * *RK-Net's error:* 3.00% against the anchor's 2.1%, outside the 0.5-point target; one
-#   seed each, and the RK-Net's run was interrupted and resumed several times (bit-exact,
-#   so that is not the cause). We have not run more seeds to tell noise from a difference.
+#   nodeform took 1.39x torch's time per epoch for the ODE-Net, 1.98x for the ResNet and
+#   1.53x for the MLP. The RK-Net took 2.90x before its stage sums became one primitive
+#   each (`rk_combine`) and freed memory was kept for the next step; after, on a loaded
+#   machine with one thread per side, 1.41–1.44x where the old code took 1.69–2.02x in
+#   the same minutes (the quiet two-thread ratio is not yet re-measured).
+# * *RK-Net's error:* 2.70% against the anchor's 2.1%, outside the 0.5-point target; one
+#   seed each. An earlier run of the same seed gave 3.00% (and the ResNet 2.50% against
+#   2.30% now): float32 rounding differences alone move 15 epochs by 0.2–0.3 points. We
+#   have not run more seeds to tell noise from a difference.
 # * *NFE:* the anchor's dopri5 takes 3–4 steps per solve (21–26 evaluations); ours
 #   counts 6 per step plus 2 for the first step's selection, and untrained fields can
 #   take more steps.

@@ -12,7 +12,8 @@ So ``import nodeform`` calls :func:`keep_freed_memory` once, unless
 ``NODEFORM_MALLOC_TUNING=0`` is set or the user already chose glibc's
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``. The cost: the process keeps
 up to ``KEEP_TRIM_THRESHOLD`` bytes of freed memory instead of returning it to the
-system. On other C libraries (macOS, musl) it does nothing.
+system, so its resident memory stays at the peak of the largest step it ran. On other C
+libraries (macOS, musl) it does nothing.
 """
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ import os
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: Blocks below this come from the heap and are reused; 64 MiB covers the largest
-#: temporaries of the chapters (im2col buffers of the ODE-Net are about 20 MiB).
-KEEP_MMAP_THRESHOLD = 64 << 20
-#: Freed memory kept at the heap top before it is returned to the system.
-KEEP_TRIM_THRESHOLD = 256 << 20
+#: Blocks below this come from the heap and are reused; 256 MiB covers the largest
+#: temporaries of the chapters (the im2col rows of the Table 1 models' stem are 88 MiB at
+#: batch 128; at 64 MiB they were mapped and page-faulted afresh at every call).
+KEEP_MMAP_THRESHOLD = 256 << 20
+#: Freed memory kept at the heap top before it is returned to the system. It must exceed
+#: what one training step holds at its peak, or every step faults that memory in again:
+#: backprop through dopri5 (the RK-Net, batch 128) keeps about 1.3 GiB of tape until
+#: ``backward()``; with 256 MiB here its step took 1.5x the CPU time (bench/RESULTS-models.md).
+KEEP_TRIM_THRESHOLD = 2 << 30
 
 #: Whether :func:`keep_freed_memory` has been applied in this process.
 STATE = {"applied": False, "reason": "not attempted"}

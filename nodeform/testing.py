@@ -126,6 +126,12 @@ CASES = [
     # group normalization as one primitive (nodeform/nn/norm.py): 2 groups of 2 channels
     Case("group_norm", lambda x, w, b: nf.tanh(nf.nn.group_norm(x, w, b, 2)),
          lambda rng: [rng.standard_normal((2, 4, 3, 2)), rng.standard_normal(4), rng.standard_normal(4)]),
+    # the RK state combination y + h sum_j w_j K_j (nodeform/ode/rk_tape.py), squared so the
+    # second-order check sees a nonzero second derivative
+    Case("rk_combine", lambda y, k1, k2: nf.ode.rk_tape.rk_combine(
+        y, k1 * k1, k2, weights=(0.3, -1.7), h=0.25) ** 2.0,
+         lambda rng: [rng.standard_normal((2, 3)), rng.standard_normal((2, 3)),
+                      rng.standard_normal((2, 3))]),
     # a whole solve as one primitive whose VJP is the continuous adjoint (nodeform/adjoint);
     # a fixed RK4 grid keeps the finite differences smooth (no step-size switching)
     Case("odeint", lambda y0, W: nf.odeint(lambda t, y: nf.tanh(y @ W), y0, [0.0, 0.3, 0.7],

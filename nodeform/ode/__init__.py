@@ -21,6 +21,7 @@ from nodeform.ode.errors import (MaxStepsError, NonFiniteError, SolverArgumentEr
 from nodeform.ode.loops import (MAX_STEPS, integrate, integrate_adaptive,  # noqa: F401
                                 integrate_fixed)
 from nodeform.ode.rk import dense_eval, rk_step  # noqa: F401
+from nodeform.ode import rk_tape  # noqa: F401,E402  (registers the `rk_combine` primitive)
 from nodeform.ode.solution import Solution  # noqa: F401
 from nodeform.ode.tableaus import (BOSH3, DOPRI5, EULER, METHODS, MIDPOINT, RK4,  # noqa: F401
                                    TSIT5, ButcherTableau, get_tableau)

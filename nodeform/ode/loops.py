@@ -27,6 +27,7 @@ Taught in chapters/ch02_ode_solvers.py.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 from nodeform.backend import get_xp, host_bool, host_float, raw
@@ -160,6 +161,14 @@ def _first_nonfinite_stage(K):
 def _all_finite(x):
     xp = get_xp(x)
     return host_bool(xp.isfinite(raw(x)).all())
+
+
+def _untaped(y):
+    """``no_grad()`` when ``y`` is a Tensor (work the gradient does not need), else nothing."""
+    if hasattr(y, "_is_tensor"):
+        from nodeform.autodiff.tensor import no_grad
+        return no_grad()
+    return contextlib.nullcontext()
 
 
 def _fail(exc, ys, stats=None):
@@ -316,8 +325,9 @@ def integrate_adaptive(f, t_out, y0, tab, rtol, atol, first_step=None, max_steps
             "derivative f(t0, y0)" if _all_finite(y0) else "initial state y0", t, 0),
             t=t, step=0), ys, stats)
     if first_step is None:
-        h_abs = ctl.select_initial_step(f, t, y, f0, direction, tab.err_order, rtol, atol,
-                                        abs(t_end - t0))
+        with _untaped(y):   # the probe evaluation only chooses h: nothing to differentiate
+            h_abs = ctl.select_initial_step(f, t, y, f0, direction, tab.err_order, rtol, atol,
+                                            abs(t_end - t0))
         stats["nfev"] += 1
     else:
         h_abs = float(first_step)

@@ -8,11 +8,21 @@ list, never in a preallocated array. Sums are accumulated left to right over the
 nonzero weights, in the same order as the Numba twin (:mod:`nodeform.ode._numba_rk`),
 so both engines give the same numbers up to the norm's round-off.
 
+Every state the step builds, ``y + h sum_j a_ij K_j``, goes through :func:`combine`.
+On arrays it is :func:`combine_arrays`; on Tensors it is one primitive of the tape
+(:mod:`nodeform.ode.rk_tape`) with the same forward code, so backprop through the
+solver records one node per stage instead of two per term, and keeps no partial
+sums alive. The error estimate is only read by the step-size controller, never
+differentiated, so it is computed on the raw arrays (:func:`error_estimate`).
+
 Taught in chapters/ch02_ode_solvers.py.
 """
 from __future__ import annotations
 
-__all__ = ["weighted_sum", "rk_stages", "rk_step", "dense_terms", "dense_eval"]
+from nodeform.backend import get_xp, raw
+
+__all__ = ["weighted_sum", "combine", "combine_arrays", "error_estimate", "rk_stages", "rk_step",
+           "dense_terms", "dense_eval"]
 
 
 def weighted_sum(K, terms):
@@ -22,6 +32,74 @@ def weighted_sum(K, terms):
         term = K[j] * w
         acc = term if acc is None else acc + term
     return acc
+
+
+def combine_arrays(y, *ks, weights, h):
+    """``y + h sum_j w_j k_j`` on plain arrays, with one output buffer and one scratch buffer.
+
+    The arithmetic is exactly that of ``y + weighted_sum(...) * h`` (the products
+    ``k_j * w_j`` summed left to right, times ``h``, plus ``y``), so the values are the
+    same to the bit; only the temporaries are fewer. The result has the memory layout
+    of ``k_1`` (a channels-last stage stays channels-last).
+
+    Parameters
+    ----------
+    y : ndarray, any shape
+    *ks : ndarray, each shaped like ``y`` (at least one)
+    weights : tuple of float, one per ``k``
+    h : float
+
+    Returns
+    -------
+    ndarray, shape of ``y``
+    """
+    xp = get_xp(ks[0])
+    acc = ks[0] * weights[0]
+    if len(ks) > 1:
+        tmp = xp.empty_like(acc)
+        for k, w in zip(ks[1:], weights[1:]):
+            xp.multiply(k, w, out=tmp)
+            acc += tmp
+    acc *= h
+    acc += y
+    return acc
+
+
+def combine(y, K, terms, h):
+    """``y + h sum_j w_j K_j`` over ``terms = ((j, w_j), ...)``; ``y`` itself if ``terms`` is empty.
+
+    Arrays go to :func:`combine_arrays`; nodeform Tensors to the ``rk_combine``
+    primitive, whose VJP is hand-written (:mod:`nodeform.ode.rk_tape`); any other
+    Tensor-like type gets the operators ``+`` and ``*`` of the engine's contract.
+
+    Parameters
+    ----------
+    y : array or Tensor, any shape
+    K : list of arrays or Tensors shaped like ``y``
+    terms : tuple of (int, float)
+    h : float
+    """
+    if not terms:
+        return y
+    ks = [K[j] for j, _ in terms]
+    weights = tuple(float(w) for _, w in terms)
+    if not (hasattr(y, "_is_tensor") or any(hasattr(k, "_is_tensor") for k in ks)):
+        return combine_arrays(y, *ks, weights=weights, h=h)
+    from nodeform.ode.rk_tape import Tensor, rk_combine
+    if isinstance(y, Tensor) and all(isinstance(k, Tensor) for k in ks):
+        return rk_combine(y, *ks, weights=weights, h=float(h))
+    return y + weighted_sum(K, terms) * h
+
+
+def error_estimate(K, tab, h):
+    """The local error estimate ``h sum_i e_i K_i`` as a plain array (Tensors are read, not taped).
+
+    Only the step-size controller uses it, so backprop through the solver need not
+    record it. None for a method without an embedded pair.
+    """
+    if tab.e_terms is None:
+        return None
+    return weighted_sum([raw(k) for k in K], tab.e_terms) * h
 
 
 def rk_stages(f, t, y, f0, h, tab):
@@ -47,8 +125,7 @@ def rk_stages(f, t, y, f0, h, tab):
     K = [f0]
     y_stage = y
     for i in range(1, tab.n_stages):
-        acc = weighted_sum(K, tab.A_terms[i])
-        y_stage = y if acc is None else y + acc * h
+        y_stage = combine(y, K, tab.A_terms[i], h)
         K.append(f(t + tab.c_list[i] * h, y_stage))
     return K, y_stage
 
@@ -67,19 +144,13 @@ def rk_step(f, t, y, f0, h, tab):
         The propagated solution (order ``tab.order``).
     K : list of s arrays/Tensors
         The stages; with FSAL, ``K[-1] = f(t + h, y_new)``.
-    err : array/Tensor or None
-        The local error estimate ``h sum_i e_i K_i`` (None without an embedded pair).
+    err : array or None
+        The local error estimate ``h sum_i e_i K_i`` (None without an embedded pair), a
+        plain array even on Tensors (:func:`error_estimate`).
     """
     K, y_last = rk_stages(f, t, y, f0, h, tab)
-    if tab.fsal:
-        y_new = y_last
-    else:
-        acc = weighted_sum(K, tab.b_terms)
-        y_new = y + acc * h
-    err = None
-    if tab.e_terms is not None:
-        err = weighted_sum(K, tab.e_terms) * h
-    return y_new, K, err
+    y_new = y_last if tab.fsal else combine(y, K, tab.b_terms, h)
+    return y_new, K, error_estimate(K, tab, h)
 
 
 def dense_terms(tab, theta):
@@ -115,5 +186,4 @@ def dense_eval(y, K, tab, theta, h):
     h : float
         Signed step.
     """
-    acc = weighted_sum(K, dense_terms(tab, theta))
-    return y if acc is None else y + acc * h
+    return combine(y, K, dense_terms(tab, theta), h)
