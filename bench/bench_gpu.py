@@ -418,16 +418,7 @@ def _latent_torch(side, S, model, x_np, t, mask):
 def step_anatomy(side, S):
     """Primitive calls, host syncs, and the measured cost of a launch and a sync, for one ODE-Net step."""
     xp = side.xp
-    calls = [0]
-    saved = {}
-    for p in _prim.PRIMITIVES.values():
-        saved[p.name] = p.forward
-
-        def counted(*a, _f=p.forward, **k):
-            calls[0] += 1
-            return _f(*a, **k)
-        p.forward = counted
-    try:
+    with _prim.counting_calls() as calls:
         step, _, per, _ = odenet_nodeform(side, S)
         step()
         side.sync()
@@ -437,9 +428,6 @@ def step_anatomy(side, S):
         side.sync()
         seconds = time.perf_counter() - t0
         fwd_calls = calls[0]
-    finally:
-        for p in _prim.PRIMITIVES.values():
-            p.forward = saved[p.name]
     a = xp.zeros((), dtype=np.float32)
     n = 2000
     side.sync()

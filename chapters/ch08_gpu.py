@@ -197,20 +197,8 @@ else:
 # %%
 from nodeform.autodiff import primitive as _prim  # noqa: E402
 
-calls = [0]
-saved = {}
-for p in _prim.PRIMITIVES.values():
-    saved[p.name] = p.forward
-
-    def counted(*a, _f=p.forward, **k):
-        calls[0] += 1
-        return _f(*a, **k)
-    p.forward = counted
-try:
+with _prim.counting_calls() as calls:      # every primitive's forward call, counted
     _, _, st, syncs_step = odenet_step(False)
-finally:
-    for p in _prim.PRIMITIVES.values():
-        p.forward = saved[p.name]
 n_calls = calls[0]
 print(f"one ODE-Net step (width {WIDTH}): {n_calls} primitive calls (the forward pass, the adjoint's "
       f"evaluations, and the VJPs written with primitives; a lower bound on kernel launches), "

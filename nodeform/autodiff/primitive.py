@@ -30,6 +30,8 @@ each has an entry in :data:`nodeform.testing.CASES`.
 """
 from __future__ import annotations
 
+import contextlib
+
 PRIMITIVES = {}
 
 
@@ -97,6 +99,39 @@ def defprim(name, forward, *vjps, vjp_i=None):
     prim = Primitive(name, forward, vjps, vjp_i)
     PRIMITIVES[name] = prim
     return prim
+
+
+@contextlib.contextmanager
+def counting_calls():
+    """Count the forward calls of every registered primitive made inside the ``with`` block.
+
+    Yields a one-element list whose entry is the running count (reset it to 0 to start
+    over inside the block). On a GPU each call is at least one kernel launch, so the
+    count is a lower bound on launches (taught in chapters/ch08_gpu.py).
+
+    Examples
+    --------
+    >>> with counting_calls() as calls:
+    ...     loss = model(x).sum()
+    >>> calls[0]  # doctest: +SKIP
+    """
+    calls = [0]
+    saved = {name: p.forward for name, p in PRIMITIVES.items()}
+
+    def wrap(fn):
+        def counted(*args, **kw):
+            calls[0] += 1
+            return fn(*args, **kw)
+        return counted
+
+    for name, p in PRIMITIVES.items():
+        p.forward = wrap(saved[name])
+    try:
+        yield calls
+    finally:
+        for name, p in PRIMITIVES.items():
+            if name in saved:
+                p.forward = saved[name]
 
 
 def _origin(fn):
