@@ -74,13 +74,19 @@ def cnf_step(backend, dtype=np.float64, trace="closed", n=16):
     return _finish(model, loss, s0, stats, type(loss.data).__name__)
 
 
-def latent_ode_step(backend, dtype=np.float64, n=6, steps=12):
-    """Latent ODE (autodiff field, continuous adjoint): the negative ELBO of ``n`` sequences."""
+def _irregular_batch(dtype, n, steps):
+    """``n`` random 2-d sequences on ``steps`` times, each observed at about 60% of them (always at t[0])."""
     rng = np.random.default_rng(2)
     t = np.linspace(0.0, 1.0, steps)
     x = rng.standard_normal((n, steps, 2)).astype(dtype)
     mask = rng.random((n, steps)) < 0.6
     mask[:, 0] = True
+    return t, x, mask
+
+
+def latent_ode_step(backend, dtype=np.float64, n=6, steps=12):
+    """Latent ODE (autodiff field, continuous adjoint): the negative ELBO of ``n`` sequences."""
+    t, x, mask = _irregular_batch(dtype, n, steps)
     model = LatentODE(rng=0)
     xp = _on(model, backend, dtype)
     stats = SolveStats()
@@ -92,11 +98,7 @@ def latent_ode_step(backend, dtype=np.float64, n=6, steps=12):
 
 def rnn_baseline_step(backend, dtype=np.float64, n=6, steps=12):
     """Chapter 7's RNN baseline (with time gaps): the next-step NLL of ``n`` sequences."""
-    rng = np.random.default_rng(2)
-    t = np.linspace(0.0, 1.0, steps)
-    x = rng.standard_normal((n, steps, 2)).astype(dtype)
-    mask = rng.random((n, steps)) < 0.6
-    mask[:, 0] = True
+    t, x, mask = _irregular_batch(dtype, n, steps)
     model = RNNBaseline(rng=0)
     xp = _on(model, backend, dtype)
     s0 = sync_count()
