@@ -41,6 +41,7 @@ from numba.extending import overload
 
 from nodeform.ode import adams as _ref
 from nodeform.ode._fnptr import field_function, is_inplace
+from nodeform.ode._numba_rk import hairer_probe, hairer_step
 from nodeform.ode.errors import (ST_BAD_SHAPE, ST_MAX_STEPS, ST_NONFINITE, ST_NONFINITE_START,
                                  ST_OK, ST_UNDERFLOW)
 
@@ -293,35 +294,13 @@ def solve_adams(f, args, t_out, y0, rtol, atol, first_step, max_step, max_steps,
         return ys, info, -1, tr
     if first_step <= 0.0:
         # Hairer's first step for order 1 (as controller.select_initial_step)
-        d0 = 0.0
-        d1 = 0.0
-        for m in range(n):
-            sc = atol + abs(y[m]) * rtol
-            d0 += (y[m] / sc) ** 2
-            d1 += (f0[m] / sc) ** 2
-        d0 = math.sqrt(d0 / n) if n else 0.0
-        d1 = math.sqrt(d1 / n) if n else 0.0
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        h0 = min(h0, span)
-        for m in range(n):
-            p[m] = y[m] + f0[m] * (direction * h0)
+        h0, d1 = hairer_probe(y, f0, direction, rtol, atol, span, p)
         ok = _call_into(f, t + direction * h0, p, args, fv)
         nfev += 1
         if not ok:
             info[0] = ST_BAD_SHAPE
             return ys, info, -1, tr
-        d2 = 0.0
-        for m in range(n):
-            sc = atol + abs(y[m]) * rtol
-            d2 += ((fv[m] - f0[m]) / sc) ** 2
-        d2 = (math.sqrt(d2 / n) if n else 0.0) / h0
-        if not np.isfinite(d2):
-            d2 = 0.0
-        if d1 <= 1e-15 and d2 <= 1e-15:
-            h1 = max(1e-6, h0 * 1e-3)
-        else:
-            h1 = (0.01 / max(d1, d2)) ** (1.0 / 2.0)
-        h_abs = min(100.0 * h0, h1, span)
+        h_abs = hairer_step(y, f0, fv, h0, d1, 1, rtol, atol, span)
     else:
         h_abs = first_step
     h_abs = min(h_abs, max_step)

@@ -183,8 +183,12 @@ def _rms(x):
 
 
 @njit(inline="always", error_model="numpy")
-def _initial_step(f, args, t0, y0, f0, direction, err_order, rtol, atol, span, scratch, K):
-    """Hairer's first step (see controller.select_initial_step); uses K[1] as scratch."""
+def hairer_probe(y0, f0, direction, rtol, atol, span, probe):
+    """First half of Hairer's first step: ``h0`` and ``d1``; writes the probe point ``y0 + h0 f0``.
+
+    Shared by the RK and Adams loops (see controller.select_initial_step); the caller
+    evaluates f at ``(t0 + direction h0, probe)`` and passes it to :func:`hairer_step`.
+    """
     n = y0.shape[0]
     d0 = 0.0
     d1 = 0.0
@@ -197,13 +201,18 @@ def _initial_step(f, args, t0, y0, f0, direction, err_order, rtol, atol, span, s
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
     h0 = min(h0, span)
     for m in range(n):
-        scratch[m] = y0[m] + f0[m] * (direction * h0)
-    if not _eval(f, t0 + direction * h0, scratch, args, K, 1):
-        return -1.0
+        probe[m] = y0[m] + f0[m] * (direction * h0)
+    return h0, d1
+
+
+@njit(inline="always", error_model="numpy")
+def hairer_step(y0, f0, f1, h0, d1, err_order, rtol, atol, span):
+    """Second half of Hairer's first step, from ``f1`` = f at the probe point of :func:`hairer_probe`."""
+    n = y0.shape[0]
     d2 = 0.0
     for m in range(n):
         sc = atol + abs(y0[m]) * rtol
-        d2 += ((K[1, m] - f0[m]) / sc) ** 2
+        d2 += ((f1[m] - f0[m]) / sc) ** 2
     d2 = (math.sqrt(d2 / n) if n else 0.0) / h0
     if not np.isfinite(d2):
         d2 = 0.0
@@ -212,6 +221,15 @@ def _initial_step(f, args, t0, y0, f0, direction, err_order, rtol, atol, span, s
     else:
         h1 = (0.01 / max(d1, d2)) ** (1.0 / (err_order + 1))
     return min(100.0 * h0, h1, span)
+
+
+@njit(inline="always", error_model="numpy")
+def _initial_step(f, args, t0, y0, f0, direction, err_order, rtol, atol, span, scratch, K):
+    """Hairer's first step (see controller.select_initial_step); uses K[1] as scratch."""
+    h0, d1 = hairer_probe(y0, f0, direction, rtol, atol, span, scratch)
+    if not _eval(f, t0 + direction * h0, scratch, args, K, 1):
+        return -1.0
+    return hairer_step(y0, f0, K[1], h0, d1, err_order, rtol, atol, span)
 
 
 @njit(cache=True)
