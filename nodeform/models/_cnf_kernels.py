@@ -79,23 +79,22 @@ def _split(theta, D, M, H):
 
 
 def _forward_np(t, y, theta, arch):
-    """``[f | -tr]`` (k, D+1) and what the VJP reuses: the hypernetwork's activations, the
-    units ``W (M, D)``, ``U``, the gate ``s``, ``U~^T (D, M)``, ``c``, ``h`` and ``h^2`` (k, M)."""
+    """``[f | -tr]`` (k (D+1),) and what the VJP reuses: the hypernetwork's activations, the
+    units ``W (M, D)``, ``U``, the gate ``s``, ``U~^T (D, M)``, ``c``, ``[z | 1]`` (k, D+1),
+    ``h`` and ``h^2`` (k, M)."""
     D, M, H = int(arch[0]), int(arch[1]), int(arch[2])
     W1, b1, W2, b2, W3, b3 = _split(theta, D, M, H)
     h1 = np.tanh(W1 * t + b1)
     h2 = np.tanh(W2 @ h1 + b2)
-    p = W3 @ h2 + b3
+    p = W3 @ h2
+    p += b3
     MD = M * D
-    W, U, G = p[:MD].reshape(M, D), p[MD:2 * MD].reshape(M, D), p[2 * MD:3 * MD].reshape(M, D)
+    W, U, G = p[:3 * MD].reshape(3, M, D)
     s = 1.0 / (1.0 + np.exp(-G))
     UtT = (U * s).T                                       # (D, M): U~ by columns
     c = (W.T * UtT).sum(axis=0)                           # (M,): w_m . u~_m
-    Y = y.reshape(-1, D + 1)
-    k = Y.shape[0]
     # pre-activations z W^T + B as one product [z | 1] @ [W^T ; B]
-    Z1 = np.empty((k, D + 1))
-    Z1[:, :D] = Y[:, :D]
+    Z1 = y.reshape(-1, D + 1).copy()
     Z1[:, D] = 1.0
     WB = np.empty((D + 1, M))
     WB[:D] = W.T
@@ -103,13 +102,13 @@ def _forward_np(t, y, theta, arch):
     h = Z1 @ WB
     np.tanh(h, out=h)                                     # (k, M)
     hh = h * h
-    out = np.empty((D + 1, k))                            # by columns: contiguous products
-    inv = 1.0 / M
+    out = np.empty((D + 1, Z1.shape[0]))                  # by columns: contiguous products
+    Us = UtT * (1.0 / M)
     for d in range(D):
-        np.matmul(h, UtT[d] * inv, out=out[d])
-    np.matmul(hh, c * inv, out=out[D])
-    out[D] -= c.sum() / M                                 # -(1/M) sum_m (1 - h^2) c_m
-    return out.T.ravel(), (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Y, h, hh)
+        np.matmul(h, Us[d], out=out[d])
+    np.matmul(hh, c * (1.0 / M), out=out[D])
+    out[D] -= np.add.reduce(c) / M                        # -(1/M) sum_m (1 - h^2) c_m
+    return out.T.ravel(), (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Z1, h, hh)
 
 
 def planar_f_np(t, y, theta, arch):
@@ -119,19 +118,18 @@ def planar_f_np(t, y, theta, arch):
 
 def planar_vjp_np(t, y, theta, a, arch):
     """``(f, a^T df/dy, a^T df/dtheta, a^T df/dt)`` of :func:`planar_f_np`, by hand."""
-    out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Y, h, hh) = _forward_np(t, y, theta, arch)
+    out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Z1, h, hh) = _forward_np(t, y, theta, arch)
     A = a.reshape(-1, D + 1)
-    k = A.shape[0]
     al = A[:, D]
     inv = 1.0 / M
     MD = M * D
-    P = MD + MD + MD + M
+    P = 3 * MD + M
     gp = np.empty(P)                                      # [dW | dU | dG | dB]
-    gW, gU, gG = gp[:MD].reshape(M, D), gp[MD:2 * MD].reshape(M, D), gp[2 * MD:3 * MD].reshape(M, D)
-    gc = (al @ hh - al.sum()) * inv                       # -(1/M) sum_i al (1 - h^2)
+    gW, gU, gG = gp[:3 * MD].reshape(3, M, D)
+    gc = (al @ hh - np.add.reduce(al)) * inv              # -(1/M) sum_i al (1 - h^2)
     # dS/dh = a_z U~^T / M + h * (a_l outer 2 c / M): both as products [a_z | a_l] @ (D+1, M)
-    # (the outer product so costs half a column broadcast); two contiguous results, since
-    # elementwise passes over strided halves of one (k, 2M) product cost 4x
+    # (the outer product so costs less than a column broadcast); two contiguous results,
+    # since elementwise passes over strided halves of one (k, 2M) product cost 4x
     V = np.zeros((2, D + 1, M))
     V[0, :D] = UtT * inv
     V[1, D] = (2.0 * inv) * c
@@ -140,27 +138,27 @@ def planar_vjp_np(t, y, theta, a, arch):
     delta += tmp                                          # dS/dh (k, M)
     np.multiply(delta, hh, out=tmp)
     delta -= tmp                                          # * (1 - h^2): dS/dpre
-    g_y = np.zeros((D + 1, k))                            # by columns, the l one stays 0
+    g_y = np.zeros((D + 1, Z1.shape[0]))                  # by columns, the l one stays 0
     gUt = np.empty((D, M))                                # dS/dU~ by columns
     for d in range(D):
         np.matmul(A[:, d], h, out=gUt[d])
-        np.matmul(Y[:, d], delta, out=gW[:, d])           # delta^T z
+        np.matmul(Z1[:, d], delta, out=gW[:, d])          # delta^T z
         np.matmul(delta, W[:, d], out=g_y[d])             # delta W
+    np.matmul(Z1[:, D], delta, out=gp[3 * MD:])           # dB: the sum over the batch (Z1's ones)
     gUt *= inv
     gUt += gc * W.T
     gW += gc[:, None] * UtT.T
-    np.matmul(np.ones(k), delta, out=gp[3 * MD:])         # dB: the sum over the batch
     np.multiply(gUt.T, s, out=gU)
     np.multiply(gU, U * (1.0 - s), out=gG)
-    ga2 = (W3.T @ gp) * (1.0 - h2 * h2)
-    ga1 = (W2.T @ ga2) * (1.0 - h1 * h1)
-    g_theta = np.empty(theta.size)
-    o = 0
-    for part in (ga1 * t, ga1):
-        g_theta[o:o + H] = part
-        o += H
-    np.multiply(ga2[:, None], h1, out=g_theta[o:o + H * H].reshape(H, H))
-    o += H * H
+    ga2 = W3.T @ gp
+    ga2 *= 1.0 - h2 * h2
+    ga1 = W2.T @ ga2
+    ga1 *= 1.0 - h1 * h1
+    g_theta = np.empty(theta.size)                        # [W1 | b1 | W2 | b2 | W3 | b3]
+    np.multiply(ga1, t, out=g_theta[:H])
+    g_theta[H:2 * H] = ga1
+    o = 2 * H + H * H
+    np.multiply(ga2[:, None], h1, out=g_theta[2 * H:o].reshape(H, H))
     g_theta[o:o + H] = ga2
     o += H
     np.multiply(gp[:, None], h2, out=g_theta[o:o + P * H].reshape(P, H))
