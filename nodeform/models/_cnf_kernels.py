@@ -108,7 +108,8 @@ def _forward_np(t, y, theta, arch):
         np.matmul(h, Us[d], out=out[d])
     np.matmul(hh, c * (1.0 / M), out=out[D])
     out[D] -= np.add.reduce(c) / M                        # -(1/M) sum_m (1 - h^2) c_m
-    return out.T.ravel(), (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Z1, h, hh)
+    out = np.ascontiguousarray(out.T).reshape(-1)        # back to rows [f | -tr]
+    return out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Z1, h, hh)
 
 
 def planar_f_np(t, y, theta, arch):
@@ -127,21 +128,24 @@ def planar_vjp_np(t, y, theta, a, arch):
     gp = np.empty(P)                                      # [dW | dU | dG | dB]
     gW, gU, gG = gp[:3 * MD].reshape(3, M, D)
     gc = (al @ hh - np.add.reduce(al)) * inv              # -(1/M) sum_i al (1 - h^2)
-    # dS/dh = a_z U~^T / M + h * (a_l outer 2 c / M): both as products [a_z | a_l] @ (D+1, M)
-    # (the outer product so costs less than a column broadcast); two contiguous results,
-    # since elementwise passes over strided halves of one (k, 2M) product cost 4x
-    V = np.zeros((2, D + 1, M))
-    V[0, :D] = UtT * inv
-    V[1, D] = (2.0 * inv) * c
-    delta, tmp = A @ V[0], A @ V[1]
-    tmp *= h
-    delta += tmp                                          # dS/dh (k, M)
-    np.multiply(delta, hh, out=tmp)
-    delta -= tmp                                          # * (1 - h^2): dS/dpre
-    g_y = np.zeros((D + 1, Z1.shape[0]))                  # by columns, the l one stays 0
     gUt = np.empty((D, M))                                # dS/dU~ by columns
     for d in range(D):
         np.matmul(A[:, d], h, out=gUt[d])
+    # dS/dh = a_z U~^T / M + h * (a_l outer 2 c / M): both as products [a_z | a_l] @ (D+1, M)
+    # (the outer product so costs less than a column broadcast), each into a contiguous
+    # array (elementwise passes over strided halves of one (k, 2M) product cost 4x); h's
+    # buffer is reused once h has been read, so three k x M arrays are live, not four
+    V = np.zeros((2, D + 1, M))
+    V[0, :D] = UtT * inv
+    V[1, D] = (2.0 * inv) * c
+    delta = A @ V[1]
+    h *= delta                                            # h (a_l outer 2 c / M)
+    np.matmul(A, V[0], out=delta)
+    delta += h                                            # dS/dh (k, M)
+    np.multiply(delta, hh, out=h)
+    delta -= h                                            # * (1 - h^2): dS/dpre
+    g_y = np.zeros((D + 1, Z1.shape[0]))                  # by columns, the l one stays 0
+    for d in range(D):
         np.matmul(Z1[:, d], delta, out=gW[:, d])          # delta^T z
         np.matmul(delta, W[:, d], out=g_y[d])             # delta W
     np.matmul(Z1[:, D], delta, out=gp[3 * MD:])           # dB: the sum over the batch (Z1's ones)
@@ -163,7 +167,7 @@ def planar_vjp_np(t, y, theta, a, arch):
     o += H
     np.multiply(gp[:, None], h2, out=g_theta[o:o + P * H].reshape(P, H))
     g_theta[o + P * H:] = gp
-    return out, g_y.T.ravel(), g_theta, float(ga1 @ W1)
+    return out, np.ascontiguousarray(g_y.T).reshape(-1), g_theta, float(ga1 @ W1)
 
 
 # ============================================================ Numba
