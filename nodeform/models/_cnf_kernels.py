@@ -54,16 +54,16 @@ def n_params(dim, width, hidden):
 
 # ============================================================ NumPy
 # The NumPy kernels are written around what costs time at the paper's size (batch k = 512,
-# M = 64, D = 2; per evaluation about 35 arrays of k x M = 32,768 floats would be touched):
-# an elementwise pass over a k x M array takes 3-4 us and np.tanh 25 us, but OpenBLAS
-# multiplies a k x M array by an M x 2 (or 2 x k) one in 12-17 us, four times a
-# matrix-vector product (3 us), and a broadcast along a (k, 1) column costs 9-13 us (both
-# measured on the project's machine, 2026-12-02). So every product with a skinny factor is
-# D matrix-vector products (D = 2 here; the loops over d would want one matrix product
-# again for a large D), the bias rides in the one k x (D+1) by (D+1) x M product that makes
-# the pre-activations, and the outer product of the trace's cotangent with c comes out of
-# that same kind of product instead of a column broadcast. The arithmetic is that of the
-# derivation above, summed in other orders: equal to rounding, not to the bit.
+# M = 64, D = 2): an elementwise pass over two k x M arrays takes 3-4 us and np.tanh 26 us,
+# but OpenBLAS multiplies a k x M array by an M x 2 (or its transpose by a k x 2) one in
+# 12-17 us, four times a matrix-vector product (3 us), and a broadcast along a (k, 1) column
+# or an (M,) row costs 8-13 us (measured 2026-12-02, NumPy 2.4, OpenBLAS 0.3.31, AMD EPYC;
+# bench/RESULTS-cnf.md). So every product with a skinny factor is D matrix-vector products
+# (D = 2 here; the loops over d would want one matrix product again for a large D), the bias
+# rides in the one k x (D+1) by (D+1) x M product that makes the pre-activations, and the
+# outer product of the trace's cotangent with c comes out of that same kind of product
+# instead of broadcasts. The arithmetic is that of the derivation above, summed in other
+# orders: equal to rounding, not to the bit.
 
 
 def _split(theta, D, M, H):
