@@ -20,9 +20,9 @@ scikit-learn is not a dependency; ``--gen toy2d`` (default) uses nodeform's samp
 --seed 0 --save runs/ch06_circles_cnf.npz`` regenerates the weights ``bench/bench_cnf.py
 --weights`` reads by the chapter's own computation (model seed, batches, optimizer, Numba
 path) in about a minute instead of the chapter's full run (test NLL 0.8509 / 0.3824 on
-circles / moons, as the chapter's 0.851 / 0.382). ``--adjoint-norm`` picks nodeform's backward error norm ("rms", one
-RMS over the augmented state, or "parts", torchdiffeq's largest RMS of the parts) and
-``--adjoint-tol`` the backward tolerances.
+circles / moons, as the chapter's 0.851 / 0.382). ``--adjoint-norm`` picks nodeform's
+backward error norm ("rms", one RMS over the augmented state, or "parts", torchdiffeq's
+largest RMS of the parts) and ``--adjoint-tol`` the backward tolerances.
 """
 from __future__ import annotations
 
