@@ -184,25 +184,29 @@ def test_planar_nf_log_prob_both_directions_agree(rng):
 
 
 # ============================================================ the hand-written kernels
-@pytest.fixture
-def kernel_case(rng):
-    field = cnf.PlanarField(dim=2, width=6, hidden=5, rng=rng)
+@pytest.fixture(params=[2, 3], ids=["D2", "D3"])
+def kernel_case(rng, request):
+    """A small planar field in dimension 2 (the toy data, the fused D = 2 Numba loops) or 3
+    (the general loops over the dimension)."""
+    dim = request.param
+    field = cnf.PlanarField(dim=dim, width=6, hidden=5, rng=rng)
     for p in field.parameters():
         p.data *= 1.5
     theta = nn.parameters_to_vector(field.parameters())
-    y = rng.standard_normal(7 * 3)
-    a = rng.standard_normal(7 * 3)
-    return field, theta, y, a, K.arch_of(2, 6, 5)
+    y = rng.standard_normal(7 * (dim + 1))
+    a = rng.standard_normal(7 * (dim + 1))
+    return field, theta, y, a, K.arch_of(dim, 6, 5)
 
 
 def _autodiff_vjp(field, theta, t, y, a):
     model = cnf.CNF(field, trace="closed")
     ps = [nf.Tensor(v.data, requires_grad=True) for v in nn.unflatten(nf.Tensor(theta), field.parameters())]
-    s = nf.Tensor(y.reshape(-1, 3), requires_grad=True)
+    d1 = field.dim + 1
+    s = nf.Tensor(y.reshape(-1, d1), requires_grad=True)
     tt = nf.Tensor(np.array(t), requires_grad=True)
     with nn.using_parameters(field, ps), nf.enable_grad():
         out = model(tt, s)
-        gs = nf.gradients(out, [s] + ps + [tt], seed=a.reshape(-1, 3))
+        gs = nf.gradients(out, [s] + ps + [tt], seed=a.reshape(-1, d1))
     return (out.numpy().ravel(), gs[0].numpy().ravel(),
             np.concatenate([g.numpy().ravel() for g in gs[1:-1]]), float(gs[-1].numpy()))
 

@@ -682,6 +682,20 @@ def _pack_augmented(s, dy, g_y, g_theta, g_t, n, p, with_t):
     return out
 
 
+def augmented_numpy(t, s, f_vjp, theta, n, p, with_t, args):
+    """:func:`augmented` for a plain NumPy ``f_vjp`` (not compiled), in NumPy: the same
+    values (a negation is exact), without a Numba dispatch per evaluation (about 3 us of
+    the 6 us :func:`_pack_augmented` takes from Python on a 19,000-entry state)."""
+    dy, g_y, g_theta, g_t = f_vjp(t, s[:n], theta, s[n:2 * n], *args)
+    out = np.empty_like(s)
+    out[:n] = dy
+    np.negative(g_y, out=out[n:2 * n])
+    np.negative(g_theta, out=out[2 * n:2 * n + p])
+    if with_t:
+        out[2 * n + p] = -g_t
+    return out
+
+
 @njit(cache=True)
 def augmented_mlp(t, s, theta, meta):
     """:func:`augmented` for :func:`mlp_vjp`, called directly; ``meta = [n, p, with_t, *arch]``.

@@ -32,7 +32,8 @@ import numpy as np
 
 from nodeform.adjoint.backprop import odeint_backprop
 from nodeform.adjoint.continuous import AugmentedLayout, TensorField, adjoint_sweep
-from nodeform.adjoint.numba_field import NumbaField, augmented, augmented_call, vjp_handle
+from nodeform.adjoint.numba_field import (NumbaField, augmented_call, augmented_numpy,
+                                          vjp_handle)
 from nodeform.autodiff.primitive import defprim
 from nodeform.autodiff.tensor import Tensor, _toposort, is_grad_enabled, watching
 from nodeform.backend import backend_name, get_xp, host_bool, is_device_array, sync_count, to_numpy
@@ -358,7 +359,7 @@ class _Problem:
                     aug_f, aug_args = augmented_call(nf_.f_vjp, vjp, theta, n, p, self.with_t,
                                                      extra)
                 else:
-                    aug_f, aug_args = augmented.py_func, (vjp, theta, n, p, self.with_t, extra)
+                    aug_f, aug_args = augmented_numpy, (vjp, theta, n, p, self.with_t, extra)
                 try:
                     sol = ode_api.solve(aug_f, s, [t_from, t_to], method=adj_method,
                                         rtol=adj_rtol, atol=adj_atol, args=aug_args,

@@ -53,6 +53,19 @@ def n_params(dim, width, hidden):
 
 
 # ============================================================ NumPy
+# The NumPy kernels are written around what costs time at the paper's size (batch k = 512,
+# M = 64, D = 2): an elementwise pass over two k x M arrays takes 3-4 us and np.tanh 26 us,
+# but OpenBLAS multiplies a k x M array by an M x 2 (or its transpose by a k x 2) one in
+# 12-17 us, four times a matrix-vector product (3 us), and a broadcast along a (k, 1) column
+# or an (M,) row costs 8-13 us (measured 2026-12-02, NumPy 2.4, OpenBLAS 0.3.31, AMD EPYC;
+# bench/RESULTS-cnf.md). So every product with a skinny factor is D matrix-vector products
+# (D = 2 here; the loops over d would want one matrix product again for a large D), the bias
+# rides in the one k x (D+1) by (D+1) x M product that makes the pre-activations, and the
+# outer product of the trace's cotangent with c comes out of that same kind of product
+# instead of broadcasts. The arithmetic is that of the derivation above, summed in other
+# orders: equal to rounding, not to the bit.
+
+
 def _split(theta, D, M, H):
     P = 3 * M * D + M
     o = 0
@@ -66,27 +79,37 @@ def _split(theta, D, M, H):
 
 
 def _forward_np(t, y, theta, arch):
+    """``[f | -tr]`` (k (D+1),) and what the VJP reuses: the hypernetwork's activations, the
+    units ``W (M, D)``, ``U``, the gate ``s``, ``U~^T (D, M)``, ``c``, ``[z | 1]`` (k, D+1),
+    ``h`` and ``h^2`` (k, M)."""
     D, M, H = int(arch[0]), int(arch[1]), int(arch[2])
     W1, b1, W2, b2, W3, b3 = _split(theta, D, M, H)
     h1 = np.tanh(W1 * t + b1)
     h2 = np.tanh(W2 @ h1 + b2)
-    p = W3 @ h2 + b3
+    p = W3 @ h2
+    p += b3
     MD = M * D
-    W, U, G, B = p[:MD].reshape(M, D), p[MD:2 * MD].reshape(M, D), p[2 * MD:3 * MD].reshape(M, D), \
-        p[3 * MD:]
+    W, U, G = p[:3 * MD].reshape(3, M, D)
     s = 1.0 / (1.0 + np.exp(-G))
-    Ut = U * s
-    c = (W * Ut).sum(axis=1)
-    Y = y.reshape(-1, D + 1)
-    z = Y[:, :D]
-    pre = z @ W.T
-    pre += B
-    h = np.tanh(pre, out=pre)                                 # (k, M)
+    UtT = (U * s).T                                       # (D, M): U~ by columns
+    c = (W.T * UtT).sum(axis=0)                           # (M,): w_m . u~_m
+    # pre-activations z W^T + B as one product [z | 1] @ [W^T ; B]
+    Z1 = y.reshape(-1, D + 1).copy()
+    Z1[:, D] = 1.0
+    WB = np.empty((D + 1, M))
+    WB[:D] = W.T
+    WB[D] = p[3 * MD:]
+    h = Z1 @ WB
+    np.tanh(h, out=h)                                     # (k, M)
     hh = h * h
-    out = np.empty_like(Y)
-    out[:, :D] = h @ (Ut * (1.0 / M))
-    out[:, D] = hh @ (c * (1.0 / M)) - c.sum() / M           # -(1/M) sum_m (1 - h^2) c_m
-    return out.ravel(), (D, M, H, W1, W2, W3, h1, h2, W, U, s, Ut, c, z, h, hh)
+    out = np.empty((D + 1, Z1.shape[0]))                  # by columns: contiguous products
+    Us = UtT * (1.0 / M)
+    for d in range(D):
+        np.matmul(h, Us[d], out=out[d])
+    np.matmul(hh, c * (1.0 / M), out=out[D])
+    out[D] -= np.add.reduce(c) / M                        # -(1/M) sum_m (1 - h^2) c_m
+    out = np.ascontiguousarray(out.T).reshape(-1)        # back to rows [f | -tr]
+    return out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Z1, h, hh)
 
 
 def planar_f_np(t, y, theta, arch):
@@ -96,29 +119,55 @@ def planar_f_np(t, y, theta, arch):
 
 def planar_vjp_np(t, y, theta, a, arch):
     """``(f, a^T df/dy, a^T df/dtheta, a^T df/dt)`` of :func:`planar_f_np`, by hand."""
-    out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, Ut, c, z, h, hh) = _forward_np(t, y, theta, arch)
+    out, (D, M, H, W1, W2, W3, h1, h2, W, U, s, UtT, c, Z1, h, hh) = _forward_np(t, y, theta, arch)
     A = a.reshape(-1, D + 1)
-    az, al = A[:, :D], A[:, D]
+    al = A[:, D]
     inv = 1.0 / M
-    # in place, with the 1/M folded into the small arrays: few passes over (k, M) arrays
-    tmp = h * al[:, None]
-    tmp *= (2.0 * inv) * c
-    delta = az @ (Ut.T * inv)
-    delta += tmp                                                    # dS/dh (k, M)
-    np.multiply(delta, hh, out=tmp)
-    delta -= tmp                                                    # * (1 - h^2)
-    gc = (hh.T @ al - al.sum()) * inv                               # -(1/M) sum_i al (1 - h^2)
-    gUt = (h.T @ az) * inv + gc[:, None] * W
-    gW = delta.T @ z + gc[:, None] * Ut
-    gB = delta.sum(axis=0)
-    gp = np.concatenate([gW.ravel(), (gUt * s).ravel(), (gUt * U * s * (1.0 - s)).ravel(), gB])
-    ga2 = (W3.T @ gp) * (1.0 - h2 * h2)
-    ga1 = (W2.T @ ga2) * (1.0 - h1 * h1)
-    g_theta = np.concatenate([ga1 * t, ga1, np.outer(ga2, h1).ravel(), ga2,
-                              np.outer(gp, h2).ravel(), gp])
-    g_y = np.zeros_like(A)
-    g_y[:, :D] = delta @ W
-    return out, g_y.ravel(), g_theta, float(ga1 @ W1)
+    MD = M * D
+    P = 3 * MD + M
+    gp = np.empty(P)                                      # [dW | dU | dG | dB]
+    gW, gU, gG = gp[:3 * MD].reshape(3, M, D)
+    gc = (al @ hh - np.add.reduce(al)) * inv              # -(1/M) sum_i al (1 - h^2)
+    gUt = np.empty((D, M))                                # dS/dU~ by columns
+    for d in range(D):
+        np.matmul(A[:, d], h, out=gUt[d])
+    # dS/dh = a_z U~^T / M + h * (a_l outer 2 c / M): both as products [a_z | a_l] @ (D+1, M)
+    # (the outer product so costs less than a column broadcast), each into a contiguous
+    # array (elementwise passes over strided halves of one (k, 2M) product cost 4x); h's
+    # buffer is reused once h has been read, so three k x M arrays are live, not four
+    V = np.zeros((2, D + 1, M))
+    V[0, :D] = UtT * inv
+    V[1, D] = (2.0 * inv) * c
+    delta = A @ V[1]
+    h *= delta                                            # h (a_l outer 2 c / M)
+    np.matmul(A, V[0], out=delta)
+    delta += h                                            # dS/dh (k, M)
+    np.multiply(delta, hh, out=h)
+    delta -= h                                            # * (1 - h^2): dS/dpre
+    g_y = np.zeros((D + 1, Z1.shape[0]))                  # by columns, the l one stays 0
+    for d in range(D):
+        np.matmul(Z1[:, d], delta, out=gW[:, d])          # delta^T z
+        np.matmul(delta, W[:, d], out=g_y[d])             # delta W
+    np.matmul(Z1[:, D], delta, out=gp[3 * MD:])           # dB: the sum over the batch (Z1's ones)
+    gUt *= inv
+    gUt += gc * W.T
+    gW += gc[:, None] * UtT.T
+    np.multiply(gUt.T, s, out=gU)
+    np.multiply(gU, U * (1.0 - s), out=gG)
+    ga2 = W3.T @ gp
+    ga2 *= 1.0 - h2 * h2
+    ga1 = W2.T @ ga2
+    ga1 *= 1.0 - h1 * h1
+    g_theta = np.empty(theta.size)                        # [W1 | b1 | W2 | b2 | W3 | b3]
+    np.multiply(ga1, t, out=g_theta[:H])
+    g_theta[H:2 * H] = ga1
+    o = 2 * H + H * H
+    np.multiply(ga2[:, None], h1, out=g_theta[2 * H:o].reshape(H, H))
+    g_theta[o:o + H] = ga2
+    o += H
+    np.multiply(gp[:, None], h2, out=g_theta[o:o + P * H].reshape(P, H))
+    g_theta[o + P * H:] = gp
+    return out, np.ascontiguousarray(g_y.T).reshape(-1), g_theta, float(ga1 @ W1)
 
 
 # ============================================================ Numba
