@@ -369,13 +369,22 @@ class RNNBaseline(Module):
     At observation ``x_k`` it reads ``[x_k, (t_{k+1} - t_k) / dt_scale]`` (or ``x_k`` alone)
     and predicts ``x_{k+1} = x_k + out(h_k)``; trained by the Gaussian NLL of the
     predictions with teacher forcing, extrapolated by feeding its own predictions.
+
+    With ``scaled_step=True`` (an extra baseline, not one of the paper's two) the
+    increment is multiplied by the gap: ``x_{k+1} = x_k + Δ_k out(h_k)`` with
+    ``Δ_k = (t_{k+1} - t_k) / dt_scale``, so ``out`` is a velocity and a rollout at
+    gap 1 moves one grid step's worth, whatever the average gap seen in training.
     """
 
     def __init__(self, obs_dim=2, hidden=25, time_input=True, obs_std=0.1, dt_scale=1.0, rng=None,
-                 dtype=DEFAULT_DTYPE):
+                 dtype=DEFAULT_DTYPE, scaled_step=False):
         super().__init__()
+        if scaled_step and not time_input:
+            raise ValueError("`scaled_step=True` multiplies the output by the time gap, so it needs "
+                             "`time_input=True` (the model must be given the gaps).")
         rng = init.as_rng(rng)
         self.time_input, self.obs_std, self.dt_scale = bool(time_input), float(obs_std), float(dt_scale)
+        self.scaled_step = bool(scaled_step)
         self.cell = RNNCell(obs_dim + int(self.time_input), hidden, rng=rng, dtype=dtype)
         self.out = Linear(hidden, obs_dim, rng=rng, dtype=dtype)
 
@@ -386,6 +395,8 @@ class RNNBaseline(Module):
             g = get_xp(x.data).asarray((gap / self.dt_scale).astype(x.dtype)[:, None])    # host gaps: one copy
             inp = F.concatenate([x, Tensor(g)], axis=1)
         h = self.cell(inp, h)
+        if self.scaled_step:
+            return h, x + Tensor(g) * self.out(h)
         return h, x + self.out(h)
 
     def loss(self, x, t, mask):
@@ -404,7 +415,10 @@ class RNNBaseline(Module):
         # the state before predicting x_{k+1} has read x_0..x_k; padding (valid false at
         # k + 1) leaves it as it was, and its term is masked out below
         hs = _elman_steps(self.cell, inp, valid[:, 1:], range(K - 1))
-        pred = xs[:, :-1] + self.out(F.stack(hs, axis=1))               # (N, K-1, D)
+        step = self.out(F.stack(hs, axis=1))                            # (N, K-1, D)
+        if self.scaled_step:
+            step = Tensor(xp.asarray(gaps.astype(xs.dtype)[..., None])) * step
+        pred = xs[:, :-1] + step
         logvar_x = 2.0 * math.log(self.obs_std)
         nll = gaussian_nll(xs[:, 1:], pred, logvar_x, reduction="none")
         if not valid.all():

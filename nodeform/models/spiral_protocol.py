@@ -36,6 +36,10 @@ class Protocol:
     iters_ode, iters_rnn : int
         Full-batch Adam iterations.
     lr : float
+        Adam's learning rate (at the first iteration, when ``lr_final`` is set).
+    lr_final : float or None
+        None: constant ``lr``. Otherwise the rate decays exponentially from ``lr`` to
+        ``lr_final`` over the model's iterations (:func:`lr_schedule`), the same for every model.
     obs_std : float or None
         Likelihood std in the units trained on; None means the true noise std.
     grad : str
@@ -43,6 +47,11 @@ class Protocol:
     rmse_target : {"noisy", "truth"}
         What the extrapolation is compared with (both are reported).
     seed : int
+        Seed of the data (spirals, noise, subsampling) and, unless ``init_seed`` is set,
+        of the weights and the latent ODE's sampling noise.
+    init_seed : int or None
+        Seed of the weights and the latent ODE's noise alone (a second training of the
+        same data); None: ``seed``. Used by ``nodeform.experiments.table2_spirals``.
     cw_curve : {"torchdiffeq", "mirror"}
         The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`).
     clip_norm : float or None
@@ -66,10 +75,12 @@ class Protocol:
     iters_ode: int = 800
     iters_rnn: int = 800
     lr: float = 0.01
+    lr_final: float | None = None
     obs_std: float | None = None
     grad: str = "backprop"
     rmse_target: str = "noisy"
     seed: int = 0
+    init_seed: int | None = None
     cw_curve: str = "torchdiffeq"
     ode_dtype: str = "float64"
     clip_norm: float | None = 100.0
@@ -90,6 +101,19 @@ def prepare(p, n_obs):
             "x_tr": X[d.train, :P], "m_tr": mask[d.train], "x_te": X[d.test, :P], "m_te": mask[d.test],
             "y_te": X[d.test, P:], "truth_te": Y[d.test, P:], "obs_std": p.noise_std / scale,
             "cw_te": d.clockwise[d.test]}
+
+
+def lr_schedule(p, iters):
+    """Adam's learning rate for ``iters`` iterations under ``p``: a number or ``step -> lr``."""
+    if p.lr_final is None:
+        return p.lr
+    if not p.lr_final > 0:
+        raise ValueError(f"`lr_final` must be positive (or None), got {p.lr_final}.")
+    lr0, ratio, total = float(p.lr), float(p.lr_final) / float(p.lr), float(max(1, int(iters) - 1))
+
+    def lr(step):
+        return lr0 * ratio ** (min(step, total) / total)
+    return lr
 
 
 def clip_grad_norm(params, max_norm):
@@ -116,7 +140,7 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
     seed = p.seed if rng_seed is None else rng_seed
     model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed,
                       dtype=np.dtype(p.ode_dtype))
-    opt = optim.Adam(model.parameters(), lr=p.lr)
+    opt = optim.Adam(model.parameters(), lr=lr_schedule(p, iters))
     rng = np.random.default_rng([seed, 1])
     hist, st = [], SolveStats()
     t0 = time.perf_counter()
@@ -140,7 +164,7 @@ def train_rnn(p, D, time_input=True, iters=None, log_every=0, rng_seed=None):
     seed = p.seed if rng_seed is None else rng_seed
     model = RNNBaseline(time_input=time_input, obs_std=p.obs_std or D["obs_std"],
                         dt_scale=D["t"][1] - D["t"][0], rng=seed)
-    opt = optim.Adam(model.parameters(), lr=p.lr)
+    opt = optim.Adam(model.parameters(), lr=lr_schedule(p, iters))
     hist = []
     t0 = time.perf_counter()
     for it in range(iters):
