@@ -55,6 +55,16 @@ def test_spirals_reject_bad_arguments():
         subsample(10, 100, 0)
 
 
+def test_finer_curve_grid_halves_the_step_on_the_same_curve():
+    d5, d10 = make_spirals(n_spirals=20, seed=1), make_spirals(n_spirals=20, seed=1, curve_points=1000)
+    assert np.isclose(d10.t[1], 6 * np.pi / 999) and np.isclose(d5.t[1], 6 * np.pi / 499)
+    assert d10.start.max() < 800 * 6 * np.pi / 999 and d10.start.min() >= 100 * 6 * np.pi / 999
+    s = d10.start[:, None] + d10.t[None, :]
+    assert np.allclose(d10.truth, spiral_curve(s, d10.clockwise[:, None]))
+    with pytest.raises(ValueError, match="`curve_points`"):
+        make_spirals(curve_points=150)
+
+
 def test_spiral_curve_is_an_orbit_of_an_autonomous_field():
     """ccw: r' = b, theta' = 1; so shifting the start shifts the curve (time invariance)."""
     s = np.linspace(4.0, 6.0, 5)

@@ -213,6 +213,8 @@ def main(argv=None):
     ap.add_argument("--ode-dtype", choices=("float64", "float32"), default=Protocol.ode_dtype)
     ap.add_argument("--cw-curve", choices=CW_CURVES, default=Protocol.cw_curve,
                     help="the clockwise arm (nodeform.data.spirals.spiral_curve)")
+    ap.add_argument("--curve-points", type=int, default=Protocol.curve_points,
+                    help="grid points on the spiral curve's [0, 6π] (500 or 1000)")
     ap.add_argument("--seed", type=int, default=Protocol.seed, help="data seed")
     ap.add_argument("--init-seed", type=int, default=None,
                     help="seed of the weights and the latent ODE's noise (default: --seed)")
@@ -220,7 +222,7 @@ def main(argv=None):
     ap.add_argument("--log-every", type=int, default=50)
     a = ap.parse_args(argv)
     p = Protocol(lr=a.lr, lr_final=a.lr_final, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, clip_norm=a.clip_norm or None,
-                 cw_curve=a.cw_curve, seed=a.seed, init_seed=a.init_seed,
+                 cw_curve=a.cw_curve, curve_points=a.curve_points, seed=a.seed, init_seed=a.init_seed,
                  iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
     print("protocol:", p, flush=True)
     print("wrote", run(a.group, p, a.milestones, a.out, a.log_every))

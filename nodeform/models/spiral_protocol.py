@@ -30,7 +30,12 @@ class Protocol:
     noise_std : float
         Observation noise, data units (torchdiffeq's 0.3).
     dt : float or None
-        Model-time step between grid points; None is the curve's own step (6π/499).
+        Model-time step between grid points; None is the curve's own step
+        (6π / (curve_points - 1)).
+    curve_points : int
+        Grid points on the spiral curve's [0, 6π] (:func:`nodeform.data.spirals.make_spirals`):
+        500 puts 3.8 rad in the observed 100 points and 3.8 more in the extrapolated 100; 1000
+        halves both.
     normalize : bool
         Train and score on ``(x - mean) / scale`` of the training observations.
     iters_ode, iters_rnn : int
@@ -71,6 +76,7 @@ class Protocol:
 
     noise_std: float = NOISE_STD
     dt: float | None = None
+    curve_points: int = 500
     normalize: bool = True
     iters_ode: int = 800
     iters_rnn: int = 800
@@ -90,7 +96,8 @@ class Protocol:
 def prepare(p, n_obs):
     """Data for one ``n``: a dict of train / test arrays in the units trained on."""
     kw = {} if p.dt is None else {"dt": p.dt}
-    d = make_spirals(noise_std=p.noise_std, seed=p.seed, cw_curve=p.cw_curve, **kw)
+    d = make_spirals(noise_std=p.noise_std, seed=p.seed, cw_curve=p.cw_curve,
+                     curve_points=p.curve_points, **kw)
     mean, scale = d.normalizer() if p.normalize else (np.zeros(2), 1.0)
     X, Y = (d.noisy - mean) / scale, (d.truth - mean) / scale
     idx = subsample(len(X), d.n_points, n_obs, seed=p.seed)
