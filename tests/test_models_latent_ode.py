@@ -56,7 +56,8 @@ def test_spirals_reject_bad_arguments():
 
 
 def test_finer_curve_grid_halves_the_step_on_the_same_curve():
-    d5, d10 = make_spirals(n_spirals=20, seed=1), make_spirals(n_spirals=20, seed=1, curve_points=1000)
+    d5 = make_spirals(n_spirals=20, n_train=10, seed=1)
+    d10 = make_spirals(n_spirals=20, n_train=10, seed=1, curve_points=1000)
     assert np.isclose(d10.t[1], 6 * np.pi / 999) and np.isclose(d5.t[1], 6 * np.pi / 499)
     assert d10.start.max() < 800 * 6 * np.pi / 999 and d10.start.min() >= 100 * 6 * np.pi / 999
     s = d10.start[:, None] + d10.t[None, :]
