@@ -376,3 +376,6 @@ def test_table2_runner_extra_rnn_group(tmp_path):
     assert again == pytest.approx(res["results"]["30"]["rnn_dt_step"]["noisy"], rel=1e-12)
     with pytest.raises(ValueError, match="unknown model kind"):
         t2.make_model("gru", 0.1, 1.0)
+    summ = t2.summarize([str(tmp_path), str(tmp_path)])             # two "seeds", the same run
+    e = summ["rmse"]["30"]["rnn_dt_step"]
+    assert summ["milestone"] == 1 and e["runs"] == [e["mean"]] * 2 == [e["last_mean_mean"]] * 2

@@ -179,6 +179,46 @@ def collect(out="runs/table2", milestone=None, curve_every=10):
     return res, weights
 
 
+def summarize(outs, milestone=None, last=4):
+    """Table 2 over several trainings (e.g. one directory per ``--init-seed``).
+
+    Parameters
+    ----------
+    outs : sequence of str
+        Directories written by :func:`run` (each with ``ode.json`` and ``rnn.json``).
+    milestone : int, optional
+        Default: the largest milestone every group of every directory reached.
+    last : int
+        Also average each training's test RMSE over its last ``last`` milestones up to
+        ``milestone`` (the RNNs' scores jump between neighbouring milestones).
+
+    Returns
+    -------
+    dict
+        ``{"milestone": m, "dirs": outs, "rmse": {n: {kind: {"runs": [...], "mean", "min",
+        "max", "last_mean": [...], "last_mean_mean", "truth": [...], "truth_mean"}}}}``.
+    """
+    res = [collect(o, milestone=None)[0] for o in outs]
+    m = min(r["milestone"] for r in res) if milestone is None else int(milestone)
+    res = [collect(o, milestone=m)[0] for o in outs]
+    table = {}
+    for r in res:
+        for name, by_it in r["rmse_by_milestone"].items():
+            kind, n = name.rsplit("_n", 1)
+            its = sorted(i for i in map(int, by_it) if i <= m)[-int(last):]
+            e = table.setdefault(n, {}).setdefault(kind, {"runs": [], "last_mean": [], "truth": []})
+            e["runs"].append(by_it[str(m)])
+            e["last_mean"].append(float(np.mean([by_it[str(i)] for i in its])))
+            e["truth"].append(r["results"][n][kind]["truth"])
+    for per_n in table.values():
+        for e in per_n.values():
+            e.update(mean=float(np.mean(e["runs"])), min=float(np.min(e["runs"])),
+                     max=float(np.max(e["runs"])), last_mean_mean=float(np.mean(e["last_mean"])),
+                     truth_mean=float(np.mean(e["truth"])))
+    return {"milestone": m, "dirs": list(outs), "last": int(last),
+            "rmse": {n: table[n] for n in sorted(table, key=int)}}
+
+
 def load_models(weights, protocol, n, extra=False):
     """The data and the three trained models at ``n`` from :func:`collect`'s weights.
 
