@@ -235,6 +235,23 @@ def test_rnn_rollout_shapes_and_time_input(rng):
         RNNBaseline(rng=0).predict(x, t, mask, np.array([0.5, 2.0]))
 
 
+def test_latent_ode_activations_elu_dynamics_relu_decoder(rng):
+    """torchdiffeq's activations: both gradient paths agree, the decoder is piecewise linear."""
+    x, t, mask = _batch(rng)
+    m = _tiny(dyn_act="elu", dec_act="relu")
+    z = nf.Tensor(rng.standard_normal((4, 2)))
+    assert np.allclose(m.dynamics(presliced=True)(0.0, z).data, m.dynamics()(0.0, z).data, rtol=1e-13)
+    grads = []
+    for grad in ("backprop", "continuous"):
+        m.zero_grad()
+        loss, _ = m.loss(x, t, mask, np.random.default_rng(0), grad=grad, solver={"rtol": 1e-9, "atol": 1e-11})
+        loss.backward()
+        grads.append(m.theta.grad.data.copy() if isinstance(m.theta.grad, nf.Tensor) else m.theta.grad.copy())
+    assert np.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)    # adjoint vs backprop: solve error
+    with pytest.raises(ValueError, match="`dec_act`"):
+        _tiny(dec_act="gelu")
+
+
 def test_rnn_scaled_step_multiplies_the_increment_by_the_gap(rng):
     """At gap 1 the scaled RNN is the plain one; at gap g its step is g times the plain step."""
     x, t, mask = _batch(rng, N=3, T=5)

@@ -44,10 +44,13 @@ GROUPS = {"ode": ("latent_ode",), "rnn": ("rnn_dt", "rnn"), "rnn_step": ("rnn_dt
 REQUIRED_GROUPS = ("ode", "rnn")
 
 
-def make_model(kind, obs_std, step, dtype="float64", rng=None):
-    """An untrained model of one kind (``latent_ode``, ``rnn_dt``, ``rnn``, ``rnn_dt_step``)."""
+def make_model(kind, obs_std, step, dtype="float64", rng=None, **ode_kw):
+    """An untrained model of one kind (``latent_ode``, ``rnn_dt``, ``rnn``, ``rnn_dt_step``).
+
+    ``ode_kw`` (``dyn_act``, ``dec_act``) go to :class:`LatentODE` only.
+    """
     if kind == "latent_ode":
-        return LatentODE(obs_std=obs_std, dt_scale=step, rng=rng, dtype=np.dtype(dtype))
+        return LatentODE(obs_std=obs_std, dt_scale=step, rng=rng, dtype=np.dtype(dtype), **ode_kw)
     if kind not in ("rnn_dt", "rnn", "rnn_dt_step"):
         raise ValueError(f"unknown model kind {kind!r}; expected one of "
                          f"{tuple(k for g in GROUPS.values() for k in g)}.")
@@ -64,7 +67,8 @@ class _Run:
         step = D["t"][1] - D["t"][0]
         obs_std = p.obs_std or D["obs_std"]
         seed = p.seed if p.init_seed is None else p.init_seed
-        self.model = make_model(kind, obs_std, step, p.ode_dtype, rng=seed)
+        self.model = make_model(kind, obs_std, step, p.ode_dtype, rng=seed, dyn_act=p.dyn_act,
+                                dec_act=p.dec_act)
         if kind == "latent_ode":
             self.rng = np.random.default_rng([seed, 1])        # as train_latent_ode
         self.opt = optim.Adam(self.model.parameters(),
@@ -233,7 +237,8 @@ def load_models(weights, protocol, n, extra=False):
     kinds = {k.split("/", 1)[0].rsplit("_n", 1)[0] for k in weights if k.split("/", 1)[0].endswith(f"_n{n}")}
     models = {}
     for kind in ("latent_ode", "rnn_dt", "rnn", *sorted(kinds - {"latent_ode", "rnn_dt", "rnn"})):
-        models[kind] = make_model(kind, obs_std, step, p.ode_dtype if kind == "latent_ode" else "float64")
+        models[kind] = make_model(kind, obs_std, step, p.ode_dtype if kind == "latent_ode" else "float64",
+                                  dyn_act=p.dyn_act, dec_act=p.dec_act)
         pre = f"{kind}_n{n}/"
         models[kind].load_state_dict({k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)})
     out = (D, models.pop("latent_ode"), models.pop("rnn_dt"), models.pop("rnn"))
@@ -255,6 +260,10 @@ def main(argv=None):
                     help="the clockwise arm (nodeform.data.spirals.spiral_curve)")
     ap.add_argument("--curve-points", type=int, default=Protocol.curve_points,
                     help="grid points on the spiral curve's [0, 6π] (500 or 1000)")
+    ap.add_argument("--dyn-act", default=Protocol.dyn_act, choices=("tanh", "softplus", "elu"),
+                    help="hidden activation of the latent dynamics")
+    ap.add_argument("--dec-act", default=Protocol.dec_act, choices=("tanh", "relu", "elu", "softplus"),
+                    help="hidden activation of the latent ODE's decoder")
     ap.add_argument("--seed", type=int, default=Protocol.seed, help="data seed")
     ap.add_argument("--init-seed", type=int, default=None,
                     help="seed of the weights and the latent ODE's noise (default: --seed)")
@@ -262,7 +271,7 @@ def main(argv=None):
     ap.add_argument("--log-every", type=int, default=50)
     a = ap.parse_args(argv)
     p = Protocol(lr=a.lr, lr_final=a.lr_final, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, clip_norm=a.clip_norm or None,
-                 cw_curve=a.cw_curve, curve_points=a.curve_points, seed=a.seed, init_seed=a.init_seed,
+                 cw_curve=a.cw_curve, curve_points=a.curve_points, dyn_act=a.dyn_act, dec_act=a.dec_act, seed=a.seed, init_seed=a.init_seed,
                  iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
     print("protocol:", p, flush=True)
     print("wrote", run(a.group, p, a.milestones, a.out, a.log_every))

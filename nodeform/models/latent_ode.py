@@ -44,6 +44,8 @@ from nodeform.nn.rnn import RNNCell
 
 #: Solver tolerances of the training solves (the issue's timing setting).
 RTOL, ATOL = 1e-3, 1e-4
+#: Activations of the decoder's hidden layer (the dynamics take those of ``mlp_field``).
+DECODER_ACTIVATIONS = ("tanh", "relu", "elu", "softplus")
 GRAD_METHODS = ("numba", "continuous", "backprop")
 
 
@@ -193,23 +195,32 @@ class LatentODE(Module):
     dt_scale : float
         Time gaps are divided by it before entering the RNN (keeps inputs O(1)).
     rng : Generator or int
+    dyn_act : {"tanh", "softplus", "elu"}
+        Hidden activation of the dynamics (the paper does not say; torchdiffeq's example: ELU).
+    dec_act : {"tanh", "relu", "elu", "softplus"}
+        Hidden activation of the decoder (torchdiffeq's example: ReLU). A saturating one
+        (tanh) bounds the decoded positions, a piecewise-linear one does not.
     """
 
     def __init__(self, obs_dim=2, latent_dim=4, rnn_hidden=25, dyn_hidden=20, dec_hidden=20,
-                 obs_std=0.1, dt_scale=1.0, rng=None, dtype=DEFAULT_DTYPE):
+                 obs_std=0.1, dt_scale=1.0, rng=None, dtype=DEFAULT_DTYPE, dyn_act="tanh",
+                 dec_act="tanh"):
         super().__init__()
+        if dec_act not in DECODER_ACTIVATIONS:
+            raise ValueError(f"`dec_act` must be one of {DECODER_ACTIVATIONS}, got {dec_act!r}.")
         rng = init.as_rng(rng)
         self.latent_dim, self.obs_std = int(latent_dim), float(obs_std)
+        self.dyn_act, self.dec_act = dyn_act, dec_act
         self.encoder = Recognition(obs_dim, latent_dim, rnn_hidden, dt_scale, rng=rng, dtype=dtype)
-        self.field = mlp_field(latent_dim, (dyn_hidden,), "tanh")    # time-invariant f(z)
+        self.field = mlp_field(latent_dim, (dyn_hidden,), dyn_act)    # time-invariant f(z)
         self.theta = Parameter(self.field.init_theta(rng).astype(dtype))
         self.dec1 = Linear(latent_dim, dec_hidden, rng=rng, dtype=dtype)
         self.dec2 = Linear(dec_hidden, obs_dim, rng=rng, dtype=dtype)
 
     # -------------------------------------------------------------- parts
     def decode(self, z):
-        """``(..., L) -> (..., D)``: one hidden layer of tanh units."""
-        return self.dec2(F.tanh(self.dec1(z)))
+        """``(..., L) -> (..., D)``: one hidden layer (``dec_act`` units)."""
+        return self.dec2(getattr(F, self.dec_act)(self.dec1(z)))
 
     def dynamics(self, presliced=False):
         """``f(t, z)`` on Tensors, built from the current ``theta`` (the autodiff model).
@@ -223,9 +234,10 @@ class LatentODE(Module):
             return self.field.reference(self.theta)
         (W1, b1), (W2, b2) = self.field.unflatten(self.theta)
         W1t, W2t = W1.T, W2.T
+        act = getattr(F, self.dyn_act)
 
         def f(t, z):
-            return F.tanh(z @ W1t + b1) @ W2t + b2
+            return act(z @ W1t + b1) @ W2t + b2
         return f
 
     def trajectories(self, z0, t, t0=0.0, grad="numba", solver=None, stats=None):

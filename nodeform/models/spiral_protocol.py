@@ -69,6 +69,9 @@ class Protocol:
         (chapter 7, bench/RESULTS-latent-ode.md). Typical norms are 1e2-1e4 (the loss
         is a sum over points), so the clip acts on most steps: with Adam, whose steps
         do not depend on the gradient's scale, that only evens out the spikes.
+    dyn_act, dec_act : str
+        Hidden activations of the latent ODE's dynamics and decoder (the paper does not
+        say; torchdiffeq's example uses ELU and ReLU, :class:`LatentODE`).
     ode_dtype : {"float64", "float32"}
         Precision of the latent ODE's training and prediction (float32 is torch's default
         and about 1.3x faster here; see bench/RESULTS-latent-ode.md).
@@ -89,6 +92,8 @@ class Protocol:
     init_seed: int | None = None
     cw_curve: str = "torchdiffeq"
     ode_dtype: str = "float64"
+    dyn_act: str = "tanh"
+    dec_act: str = "tanh"
     clip_norm: float | None = 100.0
     n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
 
@@ -146,7 +151,7 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
     iters = p.iters_ode if iters is None else iters
     seed = p.seed if rng_seed is None else rng_seed
     model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed,
-                      dtype=np.dtype(p.ode_dtype))
+                      dtype=np.dtype(p.ode_dtype), dyn_act=p.dyn_act, dec_act=p.dec_act)
     opt = optim.Adam(model.parameters(), lr=lr_schedule(p, iters))
     rng = np.random.default_rng([seed, 1])
     hist, st = [], SolveStats()
@@ -265,7 +270,7 @@ def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
                 D = prepare(p, n)
                 step = D["t"][1] - D["t"][0]
                 models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step,
-                                    dtype=np.dtype(p.ode_dtype)),
+                                    dtype=np.dtype(p.ode_dtype), dyn_act=p.dyn_act, dec_act=p.dec_act),
                           RNNBaseline(time_input=True, obs_std=p.obs_std or D["obs_std"], dt_scale=step),
                           RNNBaseline(time_input=False, obs_std=p.obs_std or D["obs_std"], dt_scale=step)]
                 for m, st in zip(models, states):
