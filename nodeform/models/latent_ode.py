@@ -4,8 +4,9 @@ Paper Sec. 5 and App. E (taught in chapters/ch07_latent_ode.py). The generative 
 
     z0 ~ N(0, I),   z(t) = ODESolve(z0, f, t0, t),   x(t_i) ~ N(dec(z(t_i)), sigma^2 I)
 
-with a *time-invariant* field ``f(z)`` (one hidden layer of 20, tanh), a decoder with
-one hidden layer of 20, latent size 4. Inference: a recognition RNN (25 units) reads a
+with a *time-invariant* field ``f(z)`` (one hidden layer of 20), a decoder with
+one hidden layer of 20, latent size 4; the hidden activations are tanh by default and
+ELU (field) / ReLU (decoder) in chapter 7's protocol, as in torchdiffeq's example. Inference: a recognition RNN (25 units) reads a
 sequence's observations **backwards in time**, each with the gap to the previous
 observation (to ``t0`` for the first), and outputs ``q(z0 | x) = N(mu, diag exp(logvar))``;
 one reparameterized sample ``z0 = mu + exp(logvar / 2) eps`` is solved to every
