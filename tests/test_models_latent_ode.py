@@ -366,6 +366,20 @@ def test_table2_runner_collects_what_it_trained(tmp_path):
         t2.collect(str(tmp_path), milestone=3)
 
 
+def test_load_models_reads_results_written_before_the_activation_fields():
+    """A protocol without dyn_act / dec_act (older results files) rebuilds the tanh model."""
+    from dataclasses import asdict
+    from nodeform.experiments import table2_spirals as t2
+    from nodeform.models.spiral_protocol import Protocol
+    old = {k: v for k, v in asdict(Protocol(n_obs=(30,))).items() if k not in ("dyn_act", "dec_act")}
+    weights = {f"{kind}_n30/{k}": v for kind in ("latent_ode", "rnn_dt", "rnn")
+               for k, v in t2.make_model(kind, 0.1, 1.0, rng=0).state_dict().items()}
+    _, ode, _, _ = t2.load_models(weights, old, 30)
+    assert ode.dyn_act == ode.dec_act == "tanh"
+    _, ode, _, _ = t2.load_models(weights, asdict(Protocol(n_obs=(30,))), 30)
+    assert (ode.dyn_act, ode.dec_act) == (Protocol.dyn_act, Protocol.dec_act)
+
+
 def test_lr_schedule_decays_from_lr_to_lr_final():
     from nodeform.models.spiral_protocol import Protocol, lr_schedule
     assert lr_schedule(Protocol(), 100) == 0.01

@@ -40,6 +40,10 @@ MILESTONES = (100, 250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500
 #: Models trained by one process. ``rnn_step`` is the extra RNN (x, Δt) whose output step is
 #: multiplied by the gap (``RNNBaseline(scaled_step=True)``), not one of the paper's two rows.
 GROUPS = {"ode": ("latent_ode",), "rnn": ("rnn_dt", "rnn"), "rnn_step": ("rnn_dt_step",)}
+#: Values of protocol fields that results files written before the field existed used (the
+#: current defaults differ): loading such a file must rebuild the models it trained.
+LEGACY_PROTOCOL = {"dyn_act": "tanh", "dec_act": "tanh", "curve_points": 500, "init_seed": None,
+                   "lr_final": None}
 #: Groups that :func:`collect` requires (the others are added when their files exist).
 REQUIRED_GROUPS = ("ode", "rnn")
 
@@ -230,6 +234,7 @@ def load_models(weights, protocol, n, extra=False):
     ``extra=True`` a fifth item, ``{kind: model}`` for the other kinds found in ``weights``
     (the ``rnn_dt_step`` baseline).
     """
+    protocol = LEGACY_PROTOCOL | dict(protocol)
     p = Protocol(**{k: tuple(v) if k == "n_obs" else v for k, v in protocol.items()})
     D = prepare(p, n)
     step = D["t"][1] - D["t"][0]
