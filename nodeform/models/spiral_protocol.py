@@ -69,8 +69,9 @@ class Protocol:
         gradient exploded (4e6 at iteration 250); with ELU dynamics and a ReLU decoder it
         *hurts* there: typical norms are 1e3-1e4, so the clip acts on every step, and a
         spike in the encoder's gradient then shrinks every other parameter's step too
-        (n = 100 latent ODE, 4,000 iterations: 0.486 with the clip, 0.136 without;
-        chapter 7, bench/RESULTS-latent-ode.md).
+        (n = 100 latent ODE, 4,000 iterations, two seeds: 0.486 / 0.435 with the clip,
+        0.136 / 0.170 without; a third seed without scored 0.391: chapter 7,
+        bench/RESULTS-latent-ode.md).
     dyn_act, dec_act : str
         Hidden activations of the latent ODE's dynamics and decoder (the paper does not
         say; torchdiffeq's example, the only trace, uses ELU and ReLU, adopted here). A tanh
