@@ -86,8 +86,8 @@ class Protocol:
     dt: float | None = None
     curve_points: int = 500
     normalize: bool = True
-    iters_ode: int = 800
-    iters_rnn: int = 800
+    iters_ode: int = 4000
+    iters_rnn: int = 4000
     lr: float = 0.01
     lr_final: float | None = None
     obs_std: float | None = None
