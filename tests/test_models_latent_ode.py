@@ -55,6 +55,17 @@ def test_spirals_reject_bad_arguments():
         subsample(10, 100, 0)
 
 
+def test_finer_curve_grid_halves_the_step_on_the_same_curve():
+    d5 = make_spirals(n_spirals=20, n_train=10, seed=1)
+    d10 = make_spirals(n_spirals=20, n_train=10, seed=1, curve_points=1000)
+    assert np.isclose(d10.t[1], 6 * np.pi / 999) and np.isclose(d5.t[1], 6 * np.pi / 499)
+    assert d10.start.max() < 800 * 6 * np.pi / 999 and d10.start.min() >= 100 * 6 * np.pi / 999
+    s = d10.start[:, None] + d10.t[None, :]
+    assert np.allclose(d10.truth, spiral_curve(s, d10.clockwise[:, None]))
+    with pytest.raises(ValueError, match="`curve_points`"):
+        make_spirals(curve_points=150)
+
+
 def test_spiral_curve_is_an_orbit_of_an_autonomous_field():
     """ccw: r' = b, theta' = 1; so shifting the start shifts the curve (time invariance)."""
     s = np.linspace(4.0, 6.0, 5)
@@ -224,6 +235,50 @@ def test_rnn_rollout_shapes_and_time_input(rng):
         RNNBaseline(rng=0).predict(x, t, mask, np.array([0.5, 2.0]))
 
 
+def test_latent_ode_activations_elu_dynamics_relu_decoder(rng):
+    """torchdiffeq's activations: both gradient paths agree, the decoder is piecewise linear."""
+    x, t, mask = _batch(rng)
+    m = _tiny(dyn_act="elu", dec_act="relu")
+    z = nf.Tensor(rng.standard_normal((4, 2)))
+    assert np.allclose(m.dynamics(presliced=True)(0.0, z).data, m.dynamics()(0.0, z).data, rtol=1e-13)
+    grads = []
+    for grad in ("backprop", "continuous"):
+        m.zero_grad()
+        loss, _ = m.loss(x, t, mask, np.random.default_rng(0), grad=grad, solver={"rtol": 1e-9, "atol": 1e-11})
+        loss.backward()
+        grads.append(m.theta.grad.data.copy() if isinstance(m.theta.grad, nf.Tensor) else m.theta.grad.copy())
+    assert np.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)    # adjoint vs backprop: solve error
+    with pytest.raises(ValueError, match="`dec_act`"):
+        _tiny(dec_act="gelu")
+
+
+def test_rnn_scaled_step_multiplies_the_increment_by_the_gap(rng):
+    """At gap 1 the scaled RNN is the plain one; at gap g its step is g times the plain step."""
+    x, t, mask = _batch(rng, N=3, T=5)
+    plain, scaled = RNNBaseline(rng=0), RNNBaseline(rng=0, scaled_step=True)
+    h = plain.cell.initial_state(3)
+    xs = nf.Tensor(x[:, 0])
+    for g in (1.0, 2.5):
+        _, p1 = plain.step(xs, np.full(3, g), h)
+        _, p2 = scaled.step(xs, np.full(3, g), h)
+        assert np.allclose(p2.data - x[:, 0], g * (p1.data - x[:, 0]), rtol=1e-12)
+    pred = scaled.predict(x, t, mask, np.array([1.5, 2.0, 2.5]))
+    assert pred.shape == (3, 3, 2) and np.all(np.isfinite(pred))
+    with pytest.raises(ValueError, match="`scaled_step=True`"):
+        RNNBaseline(time_input=False, scaled_step=True)
+
+
+def test_rnn_scaled_step_loss_gradient_matches_finite_differences(rng):
+    x, t, mask = _batch(rng, N=3, T=5)
+    model = RNNBaseline(hidden=3, obs_std=0.5, rng=0, scaled_step=True)
+
+    def fun(*ps):
+        with nn.using_parameters(model, ps):
+            return model.loss(x, t, mask)
+    r = nf.gradcheck(fun, *[p.data.copy() for p in model.parameters()], rtol=1e-6, mode="dot")
+    assert r.ok, r.text
+
+
 # ------------------------------------------------------------------ the Poisson process
 def test_poisson_log_likelihood_constant_rate():
     """lambda = c: log p = N log c - c (t_end - t_start)."""
@@ -309,3 +364,49 @@ def test_table2_runner_collects_what_it_trained(tmp_path):
     assert len(res["rmse_by_milestone"]["latent_ode_n30"]) == 2
     with pytest.raises(ValueError, match="`milestone` 3"):
         t2.collect(str(tmp_path), milestone=3)
+
+
+def test_load_models_reads_results_written_before_the_activation_fields():
+    """A protocol without dyn_act / dec_act (older results files) rebuilds the tanh model."""
+    from dataclasses import asdict
+    from nodeform.experiments import table2_spirals as t2
+    from nodeform.models.spiral_protocol import Protocol
+    old = {k: v for k, v in asdict(Protocol(n_obs=(30,))).items() if k not in ("dyn_act", "dec_act")}
+    weights = {f"{kind}_n30/{k}": v for kind in ("latent_ode", "rnn_dt", "rnn")
+               for k, v in t2.make_model(kind, 0.1, 1.0, rng=0).state_dict().items()}
+    _, ode, _, _ = t2.load_models(weights, old, 30)
+    assert ode.dyn_act == ode.dec_act == "tanh"
+    _, ode, _, _ = t2.load_models(weights, asdict(Protocol(n_obs=(30,))), 30)
+    assert (ode.dyn_act, ode.dec_act) == (Protocol.dyn_act, Protocol.dec_act)
+
+
+def test_lr_schedule_decays_from_lr_to_lr_final():
+    from nodeform.models.spiral_protocol import Protocol, lr_schedule
+    assert lr_schedule(Protocol(), 100) == 0.01
+    f = lr_schedule(Protocol(lr=0.01, lr_final=0.001), 101)
+    assert f(0) == pytest.approx(0.01) and f(50) == pytest.approx(0.01 * 0.1 ** 0.5)
+    assert f(100) == pytest.approx(0.001) and f(500) == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="`lr_final`"):
+        lr_schedule(Protocol(lr_final=0.0), 10)
+
+
+def test_table2_runner_extra_rnn_group(tmp_path):
+    """The optional rnn_step group is collected when present and loaded with extra=True."""
+    from nodeform.experiments import table2_spirals as t2
+    from nodeform.models.spiral_protocol import Protocol, scores
+    p = Protocol(n_obs=(30,), ode_dtype="float32", cw_curve="mirror", init_seed=3)
+    for group in ("ode", "rnn", "rnn_step"):
+        t2.run(group, p, milestones=(1,), out=str(tmp_path), log_every=0)
+    res, weights = t2.collect(str(tmp_path))
+    assert set(res["results"]["30"]) == {"latent_ode", "rnn_dt", "rnn", "rnn_dt_step"}
+    D, _, _, _, extra = t2.load_models(weights, res["protocol"]["ode"], 30, extra=True)
+    assert D["data"].clockwise.sum() == 500 and set(extra) == {"rnn_dt_step"}
+    m = extra["rnn_dt_step"]
+    assert m.scaled_step
+    again = scores(m.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"]), D)["noisy"]
+    assert again == pytest.approx(res["results"]["30"]["rnn_dt_step"]["noisy"], rel=1e-12)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        t2.make_model("gru", 0.1, 1.0)
+    summ = t2.summarize([str(tmp_path), str(tmp_path)])             # two "seeds", the same run
+    e = summ["rmse"]["30"]["rnn_dt_step"]
+    assert summ["milestone"] == 1 and e["runs"] == [e["mean"]] * 2 == [e["last_mean_mean"]] * 2

@@ -32,8 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Curve time grid of torchdiffeq's example: 500 points on [0, 6π].
-CURVE_STEP = 6.0 * np.pi / 499.0
+#: Curve time grid of torchdiffeq's example: 500 points on [0, 6π] (its generator's default;
+#: its ``main`` defines ``ntotal = 1000`` but does not pass it, paper.md §4.1).
+CURVE_POINTS = 500
+CURVE_SPAN = 6.0 * np.pi
+CURVE_STEP = CURVE_SPAN / (CURVE_POINTS - 1)
 #: Radius growth of the Archimedean arm (torchdiffeq's ``b``).
 SPIRAL_B = 0.3
 #: Centres of the two arms, so the two directions also differ in position.
@@ -124,8 +127,9 @@ class Spirals:
         return obs.mean(axis=0), float(obs.std())
 
 
-def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD, dt=CURVE_STEP,
-                 start_range=(100, 300), n_train=N_TRAIN, seed=0, cw_curve="torchdiffeq"):
+def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD, dt=None,
+                 start_range=None, n_train=N_TRAIN, seed=0, cw_curve="torchdiffeq",
+                 curve_points=CURVE_POINTS):
     """Generate the spiral data set (see the module docstring for the curves).
 
     Parameters
@@ -136,17 +140,22 @@ def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD
         Observed grid points, then held-out points for extrapolation.
     noise_std : float
         Std of the Gaussian noise added to every coordinate (data units).
-    dt : float
+    dt : float, optional
         Model-time step between grid points (the curve step by default; any
         positive value rescales time without changing the points).
-    start_range : (float, float)
+    start_range : (float, float), optional
         Start of each spiral, uniform, in curve grid steps; the spiral must fit:
-        ``start_range[1] + n_points + n_extrap - 1 <= 499``.
+        ``start_range[1] + n_points + n_extrap - 1 <= curve_points - 1``. Default
+        ``(100, curve_points - n_points - n_extrap)``: [100, 300) on the 500-point curve.
     n_train : int
         The first ``n_train`` spirals are the training set.
     seed : int
     cw_curve : {"torchdiffeq", "mirror"}
         See :func:`spiral_curve`.
+    curve_points : int
+        Grid points on the curve's ``[0, 6π]``: 500 (torchdiffeq's generator default) or
+        e.g. 1000 (the ``ntotal`` its ``main`` defines), which halves the angle a spiral's
+        200 points cover.
 
     Returns
     -------
@@ -157,11 +166,19 @@ def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD
         raise ValueError(f"`n_spirals` must be an even number >= 2 (half are clockwise), got {n_spirals}.")
     if n_points < 1 or n_extrap < 0:
         raise ValueError(f"`n_points` must be >= 1 and `n_extrap` >= 0, got {n_points} and {n_extrap}.")
+    curve_points = int(curve_points)
+    if curve_points < n_points + n_extrap + 1:
+        raise ValueError(f"`curve_points` must exceed n_points + n_extrap = {n_points + n_extrap}, "
+                         f"got {curve_points}.")
+    step = CURVE_SPAN / (curve_points - 1)
+    dt = step if dt is None else dt
+    if start_range is None:
+        start_range = (100, curve_points - n_points - n_extrap)
     lo, hi = float(start_range[0]), float(start_range[1])
-    if not 0 <= lo < hi or hi + n_points + n_extrap - 1 > 499:
+    if not 0 <= lo < hi or hi + n_points + n_extrap - 1 > curve_points - 1:
         raise ValueError(f"`start_range` {start_range} must satisfy 0 <= lo < hi and hi + n_points + "
-                         f"n_extrap - 1 <= 499 (the curve has 500 grid points); shorten the spirals "
-                         "or move the range.")
+                         f"n_extrap - 1 <= {curve_points - 1} (the curve has {curve_points} grid points); "
+                         "shorten the spirals or move the range.")
     if not dt > 0:
         raise ValueError(f"`dt` must be positive, got {dt}.")
     if not 0 < n_train < n_spirals:
@@ -169,9 +186,9 @@ def make_spirals(n_spirals=1000, n_points=100, n_extrap=100, noise_std=NOISE_STD
     rng = np.random.default_rng(seed)
     clockwise = np.zeros(n_spirals, dtype=bool)
     clockwise[rng.permutation(n_spirals)[:n_spirals // 2]] = True
-    start = rng.uniform(lo, hi, size=n_spirals) * CURVE_STEP
+    start = rng.uniform(lo, hi, size=n_spirals) * step
     m = n_points + n_extrap
-    s = start[:, None] + np.arange(m) * CURVE_STEP                     # (N, m) curve times
+    s = start[:, None] + np.arange(m) * step                           # (N, m) curve times
     truth = spiral_curve(s, clockwise[:, None], cw_curve)                # (N, m, 2)
     noisy = truth + noise_std * rng.standard_normal(truth.shape)
     return Spirals(t=np.arange(m) * float(dt), truth=truth, noisy=noisy, clockwise=clockwise,

@@ -30,12 +30,36 @@ import numpy as np
 from nodeform import optim
 from nodeform.adjoint.odeint import SolveStats
 from nodeform.models.latent_ode import LatentODE, RNNBaseline
-from nodeform.models.spiral_protocol import Protocol, clip_grad_norm, prepare, scores
+from nodeform.data.spirals import CW_CURVES
+from nodeform.models.spiral_protocol import (Protocol, clip_grad_norm, lr_schedule, prepare,
+                                              scores)
 
 #: Milestones (iterations) at which every model is scored and saved: dense early, where
 #: the curves move, then every 500 up to the 4,000 of the first PyTorch attempt.
 MILESTONES = (100, 250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000)
-GROUPS = {"ode": ("latent_ode",), "rnn": ("rnn_dt", "rnn")}
+#: Models trained by one process. ``rnn_step`` is the extra RNN (x, Δt) whose output step is
+#: multiplied by the gap (``RNNBaseline(scaled_step=True)``), not one of the paper's two rows.
+GROUPS = {"ode": ("latent_ode",), "rnn": ("rnn_dt", "rnn"), "rnn_step": ("rnn_dt_step",)}
+#: Values of protocol fields that results files written before the field existed used (the
+#: current defaults differ): loading such a file must rebuild the models it trained.
+LEGACY_PROTOCOL = {"dyn_act": "tanh", "dec_act": "tanh", "curve_points": 500, "init_seed": None,
+                   "lr_final": None}
+#: Groups that :func:`collect` requires (the others are added when their files exist).
+REQUIRED_GROUPS = ("ode", "rnn")
+
+
+def make_model(kind, obs_std, step, dtype="float64", rng=None, **ode_kw):
+    """An untrained model of one kind (``latent_ode``, ``rnn_dt``, ``rnn``, ``rnn_dt_step``).
+
+    ``ode_kw`` (``dyn_act``, ``dec_act``) go to :class:`LatentODE` only.
+    """
+    if kind == "latent_ode":
+        return LatentODE(obs_std=obs_std, dt_scale=step, rng=rng, dtype=np.dtype(dtype), **ode_kw)
+    if kind not in ("rnn_dt", "rnn", "rnn_dt_step"):
+        raise ValueError(f"unknown model kind {kind!r}; expected one of "
+                         f"{tuple(k for g in GROUPS.values() for k in g)}.")
+    return RNNBaseline(time_input=kind != "rnn", obs_std=obs_std, dt_scale=step, rng=rng,
+                       scaled_step=kind == "rnn_dt_step")
 
 
 class _Run:
@@ -46,13 +70,13 @@ class _Run:
         self.D = D = prepare(p, n)
         step = D["t"][1] - D["t"][0]
         obs_std = p.obs_std or D["obs_std"]
+        seed = p.seed if p.init_seed is None else p.init_seed
+        self.model = make_model(kind, obs_std, step, p.ode_dtype, rng=seed, dyn_act=p.dyn_act,
+                                dec_act=p.dec_act)
         if kind == "latent_ode":
-            self.model = LatentODE(obs_std=obs_std, dt_scale=step, rng=p.seed, dtype=np.dtype(p.ode_dtype))
-            self.rng = np.random.default_rng([p.seed, 1])      # as train_latent_ode
-        else:
-            self.model = RNNBaseline(time_input=kind == "rnn_dt", obs_std=obs_std, dt_scale=step,
-                                     rng=p.seed)
-        self.opt = optim.Adam(self.model.parameters(), lr=p.lr)
+            self.rng = np.random.default_rng([seed, 1])        # as train_latent_ode
+        self.opt = optim.Adam(self.model.parameters(),
+                              lr=lr_schedule(p, p.iters_ode if kind == "latent_ode" else p.iters_rnn))
         self.p, self.it, self.seconds, self.curve, self.evals = p, 0, 0.0, [], {}
 
     @property
@@ -140,7 +164,10 @@ def collect(out="runs/table2", milestone=None, curve_every=10):
     """
     docs = {}
     for g in GROUPS:
-        with open(os.path.join(out, f"{g}.json")) as fh:
+        path = os.path.join(out, f"{g}.json")
+        if g not in REQUIRED_GROUPS and not os.path.exists(path):
+            continue
+        with open(path) as fh:
             docs[g] = json.load(fh)
     m = min(d["milestone_reached"] for d in docs.values()) if milestone is None else int(milestone)
     res = {"protocol": {g: d["protocol"] for g, d in docs.items()}, "milestone": m, "results": {},
@@ -160,22 +187,67 @@ def collect(out="runs/table2", milestone=None, curve_every=10):
     return res, weights
 
 
-def load_models(weights, protocol, n):
+def summarize(outs, milestone=None, last=4):
+    """Table 2 over several trainings (e.g. one directory per ``--init-seed``).
+
+    Parameters
+    ----------
+    outs : sequence of str
+        Directories written by :func:`run` (each with ``ode.json`` and ``rnn.json``).
+    milestone : int, optional
+        Default: the largest milestone every group of every directory reached.
+    last : int
+        Also average each training's test RMSE over its last ``last`` milestones up to
+        ``milestone`` (the RNNs' scores jump between neighbouring milestones).
+
+    Returns
+    -------
+    dict
+        ``{"milestone": m, "dirs": outs, "rmse": {n: {kind: {"runs": [...], "mean", "min",
+        "max", "last_mean": [...], "last_mean_mean", "truth": [...], "truth_mean"}}}}``.
+    """
+    res = [collect(o, milestone=None)[0] for o in outs]
+    m = min(r["milestone"] for r in res) if milestone is None else int(milestone)
+    res = [collect(o, milestone=m)[0] for o in outs]
+    table = {}
+    for r in res:
+        for name, by_it in r["rmse_by_milestone"].items():
+            kind, n = name.rsplit("_n", 1)
+            its = sorted(i for i in map(int, by_it) if i <= m)[-int(last):]
+            e = table.setdefault(n, {}).setdefault(kind, {"runs": [], "last_mean": [], "truth": []})
+            e["runs"].append(by_it[str(m)])
+            e["last_mean"].append(float(np.mean([by_it[str(i)] for i in its])))
+            e["truth"].append(r["results"][n][kind]["truth"])
+    for per_n in table.values():
+        for e in per_n.values():
+            e.update(mean=float(np.mean(e["runs"])), min=float(np.min(e["runs"])),
+                     max=float(np.max(e["runs"])), last_mean_mean=float(np.mean(e["last_mean"])),
+                     truth_mean=float(np.mean(e["truth"])))
+    return {"milestone": m, "dirs": list(outs), "last": int(last),
+            "rmse": {n: table[n] for n in sorted(table, key=int)}}
+
+
+def load_models(weights, protocol, n, extra=False):
     """The data and the three trained models at ``n`` from :func:`collect`'s weights.
 
-    Returns ``(D, latent_ode, rnn_dt, rnn)`` as ``run_protocol(keep=...)`` does.
+    Returns ``(D, latent_ode, rnn_dt, rnn)`` as ``run_protocol(keep=...)`` does; with
+    ``extra=True`` a fifth item, ``{kind: model}`` for the other kinds found in ``weights``
+    (the ``rnn_dt_step`` baseline).
     """
+    protocol = LEGACY_PROTOCOL | dict(protocol)
     p = Protocol(**{k: tuple(v) if k == "n_obs" else v for k, v in protocol.items()})
     D = prepare(p, n)
     step = D["t"][1] - D["t"][0]
     obs_std = p.obs_std or D["obs_std"]
-    models = {"latent_ode": LatentODE(obs_std=obs_std, dt_scale=step, dtype=np.dtype(p.ode_dtype)),
-              "rnn_dt": RNNBaseline(time_input=True, obs_std=obs_std, dt_scale=step),
-              "rnn": RNNBaseline(time_input=False, obs_std=obs_std, dt_scale=step)}
-    for kind, model in models.items():
+    kinds = {k.split("/", 1)[0].rsplit("_n", 1)[0] for k in weights if k.split("/", 1)[0].endswith(f"_n{n}")}
+    models = {}
+    for kind in ("latent_ode", "rnn_dt", "rnn", *sorted(kinds - {"latent_ode", "rnn_dt", "rnn"})):
+        models[kind] = make_model(kind, obs_std, step, p.ode_dtype if kind == "latent_ode" else "float64",
+                                  dyn_act=p.dyn_act, dec_act=p.dec_act)
         pre = f"{kind}_n{n}/"
-        model.load_state_dict({k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)})
-    return (D, models["latent_ode"], models["rnn_dt"], models["rnn"])
+        models[kind].load_state_dict({k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)})
+    out = (D, models.pop("latent_ode"), models.pop("rnn_dt"), models.pop("rnn"))
+    return out + (models,) if extra else out
 
 
 def main(argv=None):
@@ -184,13 +256,28 @@ def main(argv=None):
     ap.add_argument("--n", type=int, nargs="+", default=[30, 50, 100])
     ap.add_argument("--milestones", type=int, nargs="+", default=list(MILESTONES))
     ap.add_argument("--lr", type=float, default=Protocol.lr)
+    ap.add_argument("--lr-final", type=float, default=None,
+                    help="decay the rate exponentially to this at the last milestone (default: constant)")
     ap.add_argument("--clip-norm", type=float, default=Protocol.clip_norm,
                     help="global gradient-norm clip (0: none)")
     ap.add_argument("--ode-dtype", choices=("float64", "float32"), default=Protocol.ode_dtype)
+    ap.add_argument("--cw-curve", choices=CW_CURVES, default=Protocol.cw_curve,
+                    help="the clockwise arm (nodeform.data.spirals.spiral_curve)")
+    ap.add_argument("--curve-points", type=int, default=Protocol.curve_points,
+                    help="grid points on the spiral curve's [0, 6π] (500 or 1000)")
+    ap.add_argument("--dyn-act", default=Protocol.dyn_act, choices=("tanh", "softplus", "elu"),
+                    help="hidden activation of the latent dynamics")
+    ap.add_argument("--dec-act", default=Protocol.dec_act, choices=("tanh", "relu", "elu", "softplus"),
+                    help="hidden activation of the latent ODE's decoder")
+    ap.add_argument("--seed", type=int, default=Protocol.seed, help="data seed")
+    ap.add_argument("--init-seed", type=int, default=None,
+                    help="seed of the weights and the latent ODE's noise (default: --seed)")
     ap.add_argument("--out", default="runs/table2")
     ap.add_argument("--log-every", type=int, default=50)
     a = ap.parse_args(argv)
-    p = Protocol(lr=a.lr, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, clip_norm=a.clip_norm or None, iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
+    p = Protocol(lr=a.lr, lr_final=a.lr_final, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, clip_norm=a.clip_norm or None,
+                 cw_curve=a.cw_curve, curve_points=a.curve_points, dyn_act=a.dyn_act, dec_act=a.dec_act, seed=a.seed, init_seed=a.init_seed,
+                 iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
     print("protocol:", p, flush=True)
     print("wrote", run(a.group, p, a.milestones, a.out, a.log_every))
 

@@ -4,8 +4,9 @@ Paper Sec. 5 and App. E (taught in chapters/ch07_latent_ode.py). The generative 
 
     z0 ~ N(0, I),   z(t) = ODESolve(z0, f, t0, t),   x(t_i) ~ N(dec(z(t_i)), sigma^2 I)
 
-with a *time-invariant* field ``f(z)`` (one hidden layer of 20, tanh), a decoder with
-one hidden layer of 20, latent size 4. Inference: a recognition RNN (25 units) reads a
+with a *time-invariant* field ``f(z)`` (one hidden layer of 20), a decoder with
+one hidden layer of 20, latent size 4; the hidden activations are tanh by default and
+ELU (field) / ReLU (decoder) in chapter 7's protocol, as in torchdiffeq's example. Inference: a recognition RNN (25 units) reads a
 sequence's observations **backwards in time**, each with the gap to the previous
 observation (to ``t0`` for the first), and outputs ``q(z0 | x) = N(mu, diag exp(logvar))``;
 one reparameterized sample ``z0 = mu + exp(logvar / 2) eps`` is solved to every
@@ -44,6 +45,8 @@ from nodeform.nn.rnn import RNNCell
 
 #: Solver tolerances of the training solves (the issue's timing setting).
 RTOL, ATOL = 1e-3, 1e-4
+#: Activations of the decoder's hidden layer (the dynamics take those of ``mlp_field``).
+DECODER_ACTIVATIONS = ("tanh", "relu", "elu", "softplus")
 GRAD_METHODS = ("numba", "continuous", "backprop")
 
 
@@ -193,23 +196,32 @@ class LatentODE(Module):
     dt_scale : float
         Time gaps are divided by it before entering the RNN (keeps inputs O(1)).
     rng : Generator or int
+    dyn_act : {"tanh", "softplus", "elu"}
+        Hidden activation of the dynamics (the paper does not say; torchdiffeq's example: ELU).
+    dec_act : {"tanh", "relu", "elu", "softplus"}
+        Hidden activation of the decoder (torchdiffeq's example: ReLU). A saturating one
+        (tanh) bounds the decoded positions, a piecewise-linear one does not.
     """
 
     def __init__(self, obs_dim=2, latent_dim=4, rnn_hidden=25, dyn_hidden=20, dec_hidden=20,
-                 obs_std=0.1, dt_scale=1.0, rng=None, dtype=DEFAULT_DTYPE):
+                 obs_std=0.1, dt_scale=1.0, rng=None, dtype=DEFAULT_DTYPE, dyn_act="tanh",
+                 dec_act="tanh"):
         super().__init__()
+        if dec_act not in DECODER_ACTIVATIONS:
+            raise ValueError(f"`dec_act` must be one of {DECODER_ACTIVATIONS}, got {dec_act!r}.")
         rng = init.as_rng(rng)
         self.latent_dim, self.obs_std = int(latent_dim), float(obs_std)
+        self.dyn_act, self.dec_act = dyn_act, dec_act
         self.encoder = Recognition(obs_dim, latent_dim, rnn_hidden, dt_scale, rng=rng, dtype=dtype)
-        self.field = mlp_field(latent_dim, (dyn_hidden,), "tanh")    # time-invariant f(z)
+        self.field = mlp_field(latent_dim, (dyn_hidden,), dyn_act)    # time-invariant f(z)
         self.theta = Parameter(self.field.init_theta(rng).astype(dtype))
         self.dec1 = Linear(latent_dim, dec_hidden, rng=rng, dtype=dtype)
         self.dec2 = Linear(dec_hidden, obs_dim, rng=rng, dtype=dtype)
 
     # -------------------------------------------------------------- parts
     def decode(self, z):
-        """``(..., L) -> (..., D)``: one hidden layer of tanh units."""
-        return self.dec2(F.tanh(self.dec1(z)))
+        """``(..., L) -> (..., D)``: one hidden layer (``dec_act`` units)."""
+        return self.dec2(getattr(F, self.dec_act)(self.dec1(z)))
 
     def dynamics(self, presliced=False):
         """``f(t, z)`` on Tensors, built from the current ``theta`` (the autodiff model).
@@ -223,9 +235,10 @@ class LatentODE(Module):
             return self.field.reference(self.theta)
         (W1, b1), (W2, b2) = self.field.unflatten(self.theta)
         W1t, W2t = W1.T, W2.T
+        act = getattr(F, self.dyn_act)
 
         def f(t, z):
-            return F.tanh(z @ W1t + b1) @ W2t + b2
+            return act(z @ W1t + b1) @ W2t + b2
         return f
 
     def trajectories(self, z0, t, t0=0.0, grad="numba", solver=None, stats=None):
@@ -369,13 +382,22 @@ class RNNBaseline(Module):
     At observation ``x_k`` it reads ``[x_k, (t_{k+1} - t_k) / dt_scale]`` (or ``x_k`` alone)
     and predicts ``x_{k+1} = x_k + out(h_k)``; trained by the Gaussian NLL of the
     predictions with teacher forcing, extrapolated by feeding its own predictions.
+
+    With ``scaled_step=True`` (an extra baseline, not one of the paper's two) the
+    increment is multiplied by the gap: ``x_{k+1} = x_k + Δ_k out(h_k)`` with
+    ``Δ_k = (t_{k+1} - t_k) / dt_scale``, so ``out`` is a velocity and a rollout at
+    gap 1 moves one grid step's worth, whatever the average gap seen in training.
     """
 
     def __init__(self, obs_dim=2, hidden=25, time_input=True, obs_std=0.1, dt_scale=1.0, rng=None,
-                 dtype=DEFAULT_DTYPE):
+                 dtype=DEFAULT_DTYPE, scaled_step=False):
         super().__init__()
+        if scaled_step and not time_input:
+            raise ValueError("`scaled_step=True` multiplies the output by the time gap, so it needs "
+                             "`time_input=True` (the model must be given the gaps).")
         rng = init.as_rng(rng)
         self.time_input, self.obs_std, self.dt_scale = bool(time_input), float(obs_std), float(dt_scale)
+        self.scaled_step = bool(scaled_step)
         self.cell = RNNCell(obs_dim + int(self.time_input), hidden, rng=rng, dtype=dtype)
         self.out = Linear(hidden, obs_dim, rng=rng, dtype=dtype)
 
@@ -386,6 +408,8 @@ class RNNBaseline(Module):
             g = get_xp(x.data).asarray((gap / self.dt_scale).astype(x.dtype)[:, None])    # host gaps: one copy
             inp = F.concatenate([x, Tensor(g)], axis=1)
         h = self.cell(inp, h)
+        if self.scaled_step:
+            return h, x + Tensor(g) * self.out(h)
         return h, x + self.out(h)
 
     def loss(self, x, t, mask):
@@ -404,7 +428,10 @@ class RNNBaseline(Module):
         # the state before predicting x_{k+1} has read x_0..x_k; padding (valid false at
         # k + 1) leaves it as it was, and its term is masked out below
         hs = _elman_steps(self.cell, inp, valid[:, 1:], range(K - 1))
-        pred = xs[:, :-1] + self.out(F.stack(hs, axis=1))               # (N, K-1, D)
+        step = self.out(F.stack(hs, axis=1))                            # (N, K-1, D)
+        if self.scaled_step:
+            step = Tensor(xp.asarray(gaps.astype(xs.dtype)[..., None])) * step
+        pred = xs[:, :-1] + step
         logvar_x = 2.0 * math.log(self.obs_std)
         nll = gaussian_nll(xs[:, 1:], pred, logvar_x, reduction="none")
         if not valid.all():

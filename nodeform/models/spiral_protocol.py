@@ -30,12 +30,21 @@ class Protocol:
     noise_std : float
         Observation noise, data units (torchdiffeq's 0.3).
     dt : float or None
-        Model-time step between grid points; None is the curve's own step (6π/499).
+        Model-time step between grid points; None is the curve's own step
+        (6π / (curve_points - 1)).
+    curve_points : int
+        Grid points on the spiral curve's [0, 6π] (:func:`nodeform.data.spirals.make_spirals`):
+        500 puts 3.8 rad in the observed 100 points and 3.8 more in the extrapolated 100; 1000
+        halves both.
     normalize : bool
         Train and score on ``(x - mean) / scale`` of the training observations.
     iters_ode, iters_rnn : int
         Full-batch Adam iterations.
     lr : float
+        Adam's learning rate (at the first iteration, when ``lr_final`` is set).
+    lr_final : float or None
+        None: constant ``lr``. Otherwise the rate decays exponentially from ``lr`` to
+        ``lr_final`` over the model's iterations (:func:`lr_schedule`), the same for every model.
     obs_std : float or None
         Likelihood std in the units trained on; None means the true noise std.
     grad : str
@@ -43,18 +52,31 @@ class Protocol:
     rmse_target : {"noisy", "truth"}
         What the extrapolation is compared with (both are reported).
     seed : int
+        Seed of the data (spirals, noise, subsampling) and, unless ``init_seed`` is set,
+        of the weights and the latent ODE's sampling noise.
+    init_seed : int or None
+        Seed of the weights and the latent ODE's noise alone (a second training of the
+        same data); None: ``seed``. Used by ``nodeform.experiments.table2_spirals``.
     cw_curve : {"torchdiffeq", "mirror"}
-        The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`).
+        The clockwise arm (see :func:`nodeform.data.spirals.spiral_curve`). "mirror": the
+        counter-clockwise arm reflected, so the two directions differ only in direction
+        (the paper: "half clockwise, half counter-clockwise"); torchdiffeq's clockwise arm
+        r = 15/θ grows from at most 3.1 in the observed spans to 15 in the extrapolated ones.
     clip_norm : float or None
         Before each Adam step the gradient of all parameters is scaled down to this
-        global norm when it is larger (None: no clipping). Without it the recognition
-        RNN's gradient explodes at n = 100 (a norm of 4e6 on its recurrent weights at
-        iteration 250, against about 50 at n = 30), Adam's second-moment estimate is
-        swamped and the encoder stops learning; with it every one of the nine models
-        reached a lower training loss at every checkpoint up to 250 iterations
-        (chapter 7, bench/RESULTS-latent-ode.md). Typical norms are 1e2-1e4 (the loss
-        is a sum over points), so the clip acts on most steps: with Adam, whose steps
-        do not depend on the gradient's scale, that only evens out the spikes.
+        global norm when it is larger (None: no clipping, as torchdiffeq's example; the
+        default). Clipping at 100 rescued the tanh model at n = 100, whose recognition RNN's
+        gradient exploded (4e6 at iteration 250); with ELU dynamics and a ReLU decoder it
+        *hurts* there: typical norms are 1e3-1e4, so the clip acts on every step, and a
+        spike in the encoder's gradient then shrinks every other parameter's step too
+        (n = 100 latent ODE, 4,000 iterations, two seeds: 0.486 / 0.435 with the clip,
+        0.136 / 0.170 without; a third seed without scored 0.391: chapter 7,
+        bench/RESULTS-latent-ode.md).
+    dyn_act, dec_act : str
+        Hidden activations of the latent ODE's dynamics and decoder (the paper does not
+        say; torchdiffeq's example, the only trace, uses ELU and ReLU, adopted here). A tanh
+        decoder saturates: it cannot place points outside the radii it was trained on,
+        which a quarter of the extrapolated test points are (chapter 7).
     ode_dtype : {"float64", "float32"}
         Precision of the latent ODE's training and prediction (float32 is torch's default
         and about 1.3x faster here; see bench/RESULTS-latent-ode.md).
@@ -62,24 +84,30 @@ class Protocol:
 
     noise_std: float = NOISE_STD
     dt: float | None = None
+    curve_points: int = 500
     normalize: bool = True
-    iters_ode: int = 800
-    iters_rnn: int = 800
+    iters_ode: int = 4000
+    iters_rnn: int = 4000
     lr: float = 0.01
+    lr_final: float | None = None
     obs_std: float | None = None
     grad: str = "backprop"
     rmse_target: str = "noisy"
     seed: int = 0
-    cw_curve: str = "torchdiffeq"
+    init_seed: int | None = None
+    cw_curve: str = "mirror"
     ode_dtype: str = "float64"
-    clip_norm: float | None = 100.0
+    dyn_act: str = "elu"
+    dec_act: str = "relu"
+    clip_norm: float | None = None
     n_obs: tuple = field(default_factory=lambda: (30, 50, 100))
 
 
 def prepare(p, n_obs):
     """Data for one ``n``: a dict of train / test arrays in the units trained on."""
     kw = {} if p.dt is None else {"dt": p.dt}
-    d = make_spirals(noise_std=p.noise_std, seed=p.seed, cw_curve=p.cw_curve, **kw)
+    d = make_spirals(noise_std=p.noise_std, seed=p.seed, cw_curve=p.cw_curve,
+                     curve_points=p.curve_points, **kw)
     mean, scale = d.normalizer() if p.normalize else (np.zeros(2), 1.0)
     X, Y = (d.noisy - mean) / scale, (d.truth - mean) / scale
     idx = subsample(len(X), d.n_points, n_obs, seed=p.seed)
@@ -90,6 +118,19 @@ def prepare(p, n_obs):
             "x_tr": X[d.train, :P], "m_tr": mask[d.train], "x_te": X[d.test, :P], "m_te": mask[d.test],
             "y_te": X[d.test, P:], "truth_te": Y[d.test, P:], "obs_std": p.noise_std / scale,
             "cw_te": d.clockwise[d.test]}
+
+
+def lr_schedule(p, iters):
+    """Adam's learning rate for ``iters`` iterations under ``p``: a number or ``step -> lr``."""
+    if p.lr_final is None:
+        return p.lr
+    if not p.lr_final > 0:
+        raise ValueError(f"`lr_final` must be positive (or None), got {p.lr_final}.")
+    lr0, ratio, total = float(p.lr), float(p.lr_final) / float(p.lr), float(max(1, int(iters) - 1))
+
+    def lr(step):
+        return lr0 * ratio ** (min(step, total) / total)
+    return lr
 
 
 def clip_grad_norm(params, max_norm):
@@ -115,8 +156,8 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
     iters = p.iters_ode if iters is None else iters
     seed = p.seed if rng_seed is None else rng_seed
     model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed,
-                      dtype=np.dtype(p.ode_dtype))
-    opt = optim.Adam(model.parameters(), lr=p.lr)
+                      dtype=np.dtype(p.ode_dtype), dyn_act=p.dyn_act, dec_act=p.dec_act)
+    opt = optim.Adam(model.parameters(), lr=lr_schedule(p, iters))
     rng = np.random.default_rng([seed, 1])
     hist, st = [], SolveStats()
     t0 = time.perf_counter()
@@ -140,7 +181,7 @@ def train_rnn(p, D, time_input=True, iters=None, log_every=0, rng_seed=None):
     seed = p.seed if rng_seed is None else rng_seed
     model = RNNBaseline(time_input=time_input, obs_std=p.obs_std or D["obs_std"],
                         dt_scale=D["t"][1] - D["t"][0], rng=seed)
-    opt = optim.Adam(model.parameters(), lr=p.lr)
+    opt = optim.Adam(model.parameters(), lr=lr_schedule(p, iters))
     hist = []
     t0 = time.perf_counter()
     for it in range(iters):
@@ -234,7 +275,7 @@ def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
                 D = prepare(p, n)
                 step = D["t"][1] - D["t"][0]
                 models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step,
-                                    dtype=np.dtype(p.ode_dtype)),
+                                    dtype=np.dtype(p.ode_dtype), dyn_act=p.dyn_act, dec_act=p.dec_act),
                           RNNBaseline(time_input=True, obs_std=p.obs_std or D["obs_std"], dt_scale=step),
                           RNNBaseline(time_input=False, obs_std=p.obs_std or D["obs_std"], dt_scale=step)]
                 for m, st in zip(models, states):
