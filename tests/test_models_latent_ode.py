@@ -370,10 +370,11 @@ def test_load_models_reads_results_written_before_the_activation_fields():
     """A protocol without dyn_act / dec_act (older results files) rebuilds the tanh model."""
     from dataclasses import asdict
     from nodeform.experiments import table2_spirals as t2
-    from nodeform.models.spiral_protocol import Protocol
+    from nodeform.models.spiral_protocol import Protocol, make_model, prepare
     old = {k: v for k, v in asdict(Protocol(n_obs=(30,))).items() if k not in ("dyn_act", "dec_act")}
+    p, D = Protocol(n_obs=(30,)), prepare(Protocol(n_obs=(30,)), 30)
     weights = {f"{kind}_n30/{k}": v for kind in ("latent_ode", "rnn_dt", "rnn")
-               for k, v in t2.make_model(kind, 0.1, 1.0, rng=0).state_dict().items()}
+               for k, v in make_model(kind, p, D, rng=0).state_dict().items()}
     _, ode, _, _ = t2.load_models(weights, old, 30)
     assert ode.dyn_act == ode.dec_act == "tanh"
     _, ode, _, _ = t2.load_models(weights, asdict(Protocol(n_obs=(30,))), 30)
@@ -393,7 +394,7 @@ def test_lr_schedule_decays_from_lr_to_lr_final():
 def test_table2_runner_extra_rnn_group(tmp_path):
     """The optional rnn_step group is collected when present and loaded with extra=True."""
     from nodeform.experiments import table2_spirals as t2
-    from nodeform.models.spiral_protocol import Protocol, scores
+    from nodeform.models.spiral_protocol import Protocol, make_model, scores
     p = Protocol(n_obs=(30,), ode_dtype="float32", cw_curve="mirror", init_seed=3)
     for group in ("ode", "rnn", "rnn_step"):
         t2.run(group, p, milestones=(1,), out=str(tmp_path), log_every=0)
@@ -406,7 +407,23 @@ def test_table2_runner_extra_rnn_group(tmp_path):
     again = scores(m.predict(D["x_te"], D["t"], D["m_te"], D["t_ext"]), D)["noisy"]
     assert again == pytest.approx(res["results"]["30"]["rnn_dt_step"]["noisy"], rel=1e-12)
     with pytest.raises(ValueError, match="unknown model kind"):
-        t2.make_model("gru", 0.1, 1.0)
+        make_model("gru", p, D)
     summ = t2.summarize([str(tmp_path), str(tmp_path)])             # two "seeds", the same run
     e = summ["rmse"]["30"]["rnn_dt_step"]
     assert summ["milestone"] == 1 and e["runs"] == [e["mean"]] * 2 == [e["last_mean_mean"]] * 2
+
+
+def test_protocol_trainers_seed_weights_by_init_seed():
+    """`train_latent_ode` / `train_rnn` start from the weights of `init_seed` (else `seed`)."""
+    from dataclasses import replace
+    from nodeform.models.spiral_protocol import (Protocol, make_model, prepare, train_latent_ode,
+                                                 train_rnn, weight_seed)
+    p = Protocol(n_obs=(30,), init_seed=3)
+    D = prepare(p, 30)
+    assert weight_seed(p) == 3 and weight_seed(replace(p, init_seed=None)) == p.seed
+    for kind, (model, _) in (("latent_ode", train_latent_ode(p, D, iters=0)),
+                             ("rnn", train_rnn(p, D, time_input=False, iters=0))):
+        same, other = make_model(kind, p, D, rng=3), make_model(kind, p, D, rng=p.seed)
+        got = model.state_dict()
+        assert all(np.array_equal(got[k], v) for k, v in same.state_dict().items())
+        assert not all(np.array_equal(got[k], v) for k, v in other.state_dict().items())

@@ -29,16 +29,14 @@ import numpy as np
 
 from nodeform import optim
 from nodeform.adjoint.odeint import SolveStats
-from nodeform.models.latent_ode import LatentODE, RNNBaseline
 from nodeform.data.spirals import CW_CURVES
-from nodeform.models.spiral_protocol import (Protocol, clip_grad_norm, lr_schedule, prepare,
-                                              scores)
+from nodeform.models.spiral_protocol import (Protocol, clip_grad_norm, lr_schedule, make_model,
+                                              prepare, scores, weight_seed)
 
 #: Milestones (iterations) at which every model is scored and saved: dense early, where
 #: the curves move, then every 500 up to the 4,000 of the first PyTorch attempt.
 MILESTONES = (100, 250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000)
-#: Models trained by one process. ``rnn_step`` is the extra RNN (x, Δt) whose output step is
-#: multiplied by the gap (``RNNBaseline(scaled_step=True)``), not one of the paper's two rows.
+#: Models trained by one process (``rnn_step``: the extra RNN, see ``MODEL_KINDS``).
 GROUPS = {"ode": ("latent_ode",), "rnn": ("rnn_dt", "rnn"), "rnn_step": ("rnn_dt_step",)}
 #: Values of protocol fields that results files written before the field existed used (the
 #: current defaults differ): loading such a file must rebuild the models it trained.
@@ -48,31 +46,14 @@ LEGACY_PROTOCOL = {"dyn_act": "tanh", "dec_act": "tanh", "curve_points": 500, "i
 REQUIRED_GROUPS = ("ode", "rnn")
 
 
-def make_model(kind, obs_std, step, dtype="float64", rng=None, **ode_kw):
-    """An untrained model of one kind (``latent_ode``, ``rnn_dt``, ``rnn``, ``rnn_dt_step``).
-
-    ``ode_kw`` (``dyn_act``, ``dec_act``) go to :class:`LatentODE` only.
-    """
-    if kind == "latent_ode":
-        return LatentODE(obs_std=obs_std, dt_scale=step, rng=rng, dtype=np.dtype(dtype), **ode_kw)
-    if kind not in ("rnn_dt", "rnn", "rnn_dt_step"):
-        raise ValueError(f"unknown model kind {kind!r}; expected one of "
-                         f"{tuple(k for g in GROUPS.values() for k in g)}.")
-    return RNNBaseline(time_input=kind != "rnn", obs_std=obs_std, dt_scale=step, rng=rng,
-                       scaled_step=kind == "rnn_dt_step")
-
-
 class _Run:
     """One model, its optimizer and noise stream, trained a chunk at a time."""
 
     def __init__(self, p, kind, n):
         self.kind, self.n = kind, n
         self.D = D = prepare(p, n)
-        step = D["t"][1] - D["t"][0]
-        obs_std = p.obs_std or D["obs_std"]
-        seed = p.seed if p.init_seed is None else p.init_seed
-        self.model = make_model(kind, obs_std, step, p.ode_dtype, rng=seed, dyn_act=p.dyn_act,
-                                dec_act=p.dec_act)
+        seed = weight_seed(p)
+        self.model = make_model(kind, p, D, rng=seed)
         if kind == "latent_ode":
             self.rng = np.random.default_rng([seed, 1])        # as train_latent_ode
         self.opt = optim.Adam(self.model.parameters(),
@@ -237,13 +218,11 @@ def load_models(weights, protocol, n, extra=False):
     protocol = LEGACY_PROTOCOL | dict(protocol)
     p = Protocol(**{k: tuple(v) if k == "n_obs" else v for k, v in protocol.items()})
     D = prepare(p, n)
-    step = D["t"][1] - D["t"][0]
-    obs_std = p.obs_std or D["obs_std"]
-    kinds = {k.split("/", 1)[0].rsplit("_n", 1)[0] for k in weights if k.split("/", 1)[0].endswith(f"_n{n}")}
+    kinds = {k.split("/", 1)[0].rsplit("_n", 1)[0] for k in weights
+             if k.split("/", 1)[0].endswith(f"_n{n}")}
     models = {}
     for kind in ("latent_ode", "rnn_dt", "rnn", *sorted(kinds - {"latent_ode", "rnn_dt", "rnn"})):
-        models[kind] = make_model(kind, obs_std, step, p.ode_dtype if kind == "latent_ode" else "float64",
-                                  dyn_act=p.dyn_act, dec_act=p.dec_act)
+        models[kind] = make_model(kind, p, D)
         pre = f"{kind}_n{n}/"
         models[kind].load_state_dict({k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)})
     out = (D, models.pop("latent_ode"), models.pop("rnn_dt"), models.pop("rnn"))
@@ -275,8 +254,9 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/table2")
     ap.add_argument("--log-every", type=int, default=50)
     a = ap.parse_args(argv)
-    p = Protocol(lr=a.lr, lr_final=a.lr_final, n_obs=tuple(a.n), ode_dtype=a.ode_dtype, clip_norm=a.clip_norm or None,
-                 cw_curve=a.cw_curve, curve_points=a.curve_points, dyn_act=a.dyn_act, dec_act=a.dec_act, seed=a.seed, init_seed=a.init_seed,
+    p = Protocol(lr=a.lr, lr_final=a.lr_final, n_obs=tuple(a.n), ode_dtype=a.ode_dtype,
+                 clip_norm=a.clip_norm or None, cw_curve=a.cw_curve, curve_points=a.curve_points,
+                 dyn_act=a.dyn_act, dec_act=a.dec_act, seed=a.seed, init_seed=a.init_seed,
                  iters_ode=max(a.milestones), iters_rnn=max(a.milestones))
     print("protocol:", p, flush=True)
     print("wrote", run(a.group, p, a.milestones, a.out, a.log_every))

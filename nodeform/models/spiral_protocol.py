@@ -133,6 +133,33 @@ def lr_schedule(p, iters):
     return lr
 
 
+#: The models of Table 2 (``rnn_dt_step`` is the extra RNN (x, Δt) whose output step is
+#: multiplied by the gap, ``RNNBaseline(scaled_step=True)``, not one of the paper's rows).
+MODEL_KINDS = ("latent_ode", "rnn_dt", "rnn", "rnn_dt_step")
+
+
+def weight_seed(p):
+    """Seed of the weights and the latent ODE's sampling noise: ``p.init_seed``, else ``p.seed``."""
+    return p.seed if p.init_seed is None else p.init_seed
+
+
+def make_model(kind, p, D, rng=None):
+    """An untrained model of one of :data:`MODEL_KINDS` under ``p``, for the data ``D``.
+
+    The latent ODE gets ``p``'s precision and activations; the RNNs run in float64.
+    ``rng`` seeds the weights (None: unseeded, e.g. before loading a state dict).
+    """
+    step = D["t"][1] - D["t"][0]
+    obs_std = p.obs_std or D["obs_std"]
+    if kind == "latent_ode":
+        return LatentODE(obs_std=obs_std, dt_scale=step, rng=rng, dtype=np.dtype(p.ode_dtype),
+                         dyn_act=p.dyn_act, dec_act=p.dec_act)
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}.")
+    return RNNBaseline(time_input=kind != "rnn", obs_std=obs_std, dt_scale=step, rng=rng,
+                       scaled_step=kind == "rnn_dt_step")
+
+
 def clip_grad_norm(params, max_norm):
     """Scale the gradients of ``params`` in place so their global L2 norm is at most ``max_norm``.
 
@@ -154,9 +181,8 @@ def rmse(pred, target):
 def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
     """Fit a :class:`LatentODE` on ``D`` (from :func:`prepare`); returns ``(model, history)``."""
     iters = p.iters_ode if iters is None else iters
-    seed = p.seed if rng_seed is None else rng_seed
-    model = LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=D["t"][1] - D["t"][0], rng=seed,
-                      dtype=np.dtype(p.ode_dtype), dyn_act=p.dyn_act, dec_act=p.dec_act)
+    seed = weight_seed(p) if rng_seed is None else rng_seed
+    model = make_model("latent_ode", p, D, rng=seed)
     opt = optim.Adam(model.parameters(), lr=lr_schedule(p, iters))
     rng = np.random.default_rng([seed, 1])
     hist, st = [], SolveStats()
@@ -178,9 +204,8 @@ def train_latent_ode(p, D, iters=None, log_every=0, rng_seed=None):
 def train_rnn(p, D, time_input=True, iters=None, log_every=0, rng_seed=None):
     """Fit an :class:`RNNBaseline`; returns ``(model, history)``."""
     iters = p.iters_rnn if iters is None else iters
-    seed = p.seed if rng_seed is None else rng_seed
-    model = RNNBaseline(time_input=time_input, obs_std=p.obs_std or D["obs_std"],
-                        dt_scale=D["t"][1] - D["t"][0], rng=seed)
+    seed = weight_seed(p) if rng_seed is None else rng_seed
+    model = make_model("rnn_dt" if time_input else "rnn", p, D, rng=seed)
     opt = optim.Adam(model.parameters(), lr=lr_schedule(p, iters))
     hist = []
     t0 = time.perf_counter()
@@ -255,7 +280,7 @@ def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
         Receives ``{n: (D, latent_ode, rnn_dt, rnn)}``: data and trained models, for figures.
     workers : int
         Train the ``n`` values in this many processes at once (results are identical:
-        every training is seeded by ``p.seed`` alone).
+        every training is seeded by ``p`` alone, :func:`weight_seed`).
     """
     out = {"protocol": asdict(p), "results": {}}
     if workers <= 1:
@@ -273,11 +298,7 @@ def run_protocol(p, log_every=0, iters_scale=1.0, keep=None, workers=1):
             out["results"][str(n)] = res
             if keep is not None:
                 D = prepare(p, n)
-                step = D["t"][1] - D["t"][0]
-                models = [LatentODE(obs_std=p.obs_std or D["obs_std"], dt_scale=step,
-                                    dtype=np.dtype(p.ode_dtype), dyn_act=p.dyn_act, dec_act=p.dec_act),
-                          RNNBaseline(time_input=True, obs_std=p.obs_std or D["obs_std"], dt_scale=step),
-                          RNNBaseline(time_input=False, obs_std=p.obs_std or D["obs_std"], dt_scale=step)]
+                models = [make_model(kind, p, D) for kind in ("latent_ode", "rnn_dt", "rnn")]
                 for m, st in zip(models, states):
                     m.load_state_dict(st)
                 keep[n] = (D, *models)
